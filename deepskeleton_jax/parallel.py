@@ -1,0 +1,117 @@
+"""Devices, meshes and shardings: one global mesh over all processes' devices.
+
+The mesh has two axes: `data` (the batch) and `hyp` (stacked hypotheses, when
+`config.parallel.hyp_axis` divides their number). Each process loads its own
+shard of every global batch; `global_batch` assembles the global array with
+`jax.make_array_from_process_local_data`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA = 'data'
+HYP = 'hyp'
+
+_CLUSTER_ENV = ('SLURM_JOB_ID', 'TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS',
+                'JAX_COORDINATOR_ADDRESS', 'OMPI_COMM_WORLD_SIZE')
+
+
+def maybe_initialize_distributed(parallel: ml_collections.ConfigDict) -> None:
+  """Calls `jax.distributed.initialize` when the flags or environment ask for it.
+
+  Args:
+    parallel: `config.parallel`. `distributed='yes'` always initialises (with
+      the explicit coordinator address / process count / id when given,
+      otherwise JAX's cluster auto-detection: SLURM, TPU pods, MPI); 'auto'
+      initialises when a cluster environment variable or an explicit
+      coordinator is present; 'no' never.
+  """
+  mode = parallel.distributed
+  if mode not in ('auto', 'yes', 'no'):
+    raise ValueError(f"config.parallel.distributed={mode!r}: expected 'auto', 'yes' or 'no'")
+  explicit = bool(parallel.coordinator_address)
+  if mode == 'no' or (mode == 'auto' and not explicit and
+                      not any(k in os.environ for k in _CLUSTER_ENV)):
+    return
+  if jax.distributed.is_initialized():
+    return
+  kwargs = {}
+  if explicit:
+    kwargs = dict(coordinator_address=parallel.coordinator_address,
+                  num_processes=int(parallel.num_processes),
+                  process_id=int(parallel.process_id))
+    if jax.default_backend() == 'cpu' or os.environ.get('JAX_PLATFORMS') == 'cpu':
+      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(**kwargs)
+  logging.info('jax.distributed: process %d of %d, %d local / %d global devices',
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count())
+
+
+def make_mesh(hyp_axis: int = 1, devices=None) -> Mesh:
+  """A (data, hyp) mesh over all devices of all processes.
+
+  Args:
+    hyp_axis: devices along the hypothesis axis; must divide the device count.
+    devices: optional device list (default: all global devices).
+
+  Returns:
+    The mesh.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  if hyp_axis < 1 or len(devices) % hyp_axis:
+    raise ValueError(f'config.parallel.hyp_axis={hyp_axis} must divide the '
+                     f'device count {len(devices)}')
+  grid = np.array(devices).reshape(len(devices) // hyp_axis, hyp_axis)
+  return Mesh(grid, (DATA, HYP))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over `data`."""
+  return NamedSharding(mesh, P(DATA))
+
+
+def stacked_sharding(mesh: Mesh, tree: Any, num_hyps: int) -> Any:
+  """Shardings for a stacked parameter tree: leading axis over `hyp` if it divides."""
+  hyp_size = mesh.shape[HYP]
+  spec = P(HYP) if hyp_size > 1 and num_hyps % hyp_size == 0 else P()
+
+  def leaf_sharding(x):
+    if getattr(x, 'ndim', 0) >= 1 and x.shape[0] == num_hyps:
+      return NamedSharding(mesh, spec)
+    return NamedSharding(mesh, P())
+  return jax.tree_util.tree_map(leaf_sharding, tree)
+
+
+def local_batch_size(global_batch_size: int, mesh: Mesh) -> int:
+  """This process's share of a global batch; checks divisibility by `data`."""
+  data_size = mesh.shape[DATA]
+  if global_batch_size % data_size:
+    raise ValueError(f'batch size {global_batch_size} must be divisible by the '
+                     f'{data_size} devices of the mesh data axis')
+  return global_batch_size // jax.process_count()
+
+
+def numeric_fields(batch: dict[str, Any]) -> dict[str, np.ndarray]:
+  """Drops string/object fields (ids) that cannot go to a device."""
+  return {k: v for k, v in batch.items()
+          if isinstance(v, np.ndarray) and v.dtype.kind in 'biuf'}
+
+
+def global_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
+  """Assembles process-local numpy batches into global arrays sharded on `data`."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v)
+          for k, v in numeric_fields(batch).items()}
