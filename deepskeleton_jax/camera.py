@@ -30,9 +30,16 @@ def _xp(*arrays):
 
 
 def _check_last_dim(name: str, x: Array, n: int) -> None:
-  if x.shape[-1] != n:
-    raise ValueError(f'{name} must have a last dimension of {n}, '
-                     f'got shape {tuple(x.shape)}')
+  shape = tuple(np.shape(x))
+  if not shape or shape[-1] != n:
+    raise ValueError(f'{name} must have shape [..., {n}], got shape {shape}')
+
+
+def _check_matrix(name: str, x: Array, rows: int, cols: int) -> None:
+  shape = tuple(np.shape(x))
+  if len(shape) < 2 or shape[-2:] != (rows, cols):
+    raise ValueError(
+        f'{name} must have shape [..., {rows}, {cols}], got shape {shape}')
 
 
 def project(points: Array, focal: Array, center: Array) -> Array:
@@ -71,20 +78,25 @@ def project_distorted(points: Array, focal: Array, center: Array,
                       radial: Array, tangential: Array) -> Array:
   """Projection with Human3.6M's radial (k1..k3) and tangential (p1, p2) model.
 
-  Uses the formula of the Human3.6M code release (also VideoPose3D's
-  `project_to_2d`): with normalised coordinates u = (x/z, y/z) and
-  r2 = |u|^2, u' = u * (1 + k1 r2 + k2 r2^2 + k3 r2^3 + p.u) + p * r2, where
-  p = (p1, p2) in the dataset's stored order.
+  Uses VideoPose3D's `project_to_2d` formula: with normalised coordinates
+  u = (x/z, y/z) and r2 = |u|^2,
+  u' = u * (1 + k1 r2 + k2 r2^2 + k3 r2^3 + p.u) + p * r2.
+  The Human3.6M code release (and 3d-pose-baseline's `cameras.h5`) writes the
+  same model with its p = (a, b) as tan = a * y + b * x and offset
+  (b, a) * r2; pass `tangential=p[..., ::-1]` for parameters in that order.
 
   Args:
     points: [..., N, 3] camera-frame points.
     focal: [..., 2]; center: [..., 2].
     radial: [..., 3] (k1, k2, k3).
-    tangential: [..., 2] (p1, p2).
+    tangential: [..., 2] (p1, p2) in VideoPose3D's order (see above).
 
   Returns:
     [..., N, 2] pixel coordinates.
   """
+  _check_last_dim('points', points, 3)
+  _check_last_dim('focal', focal, 2)
+  _check_last_dim('center', center, 2)
   _check_last_dim('radial', radial, 3)
   _check_last_dim('tangential', tangential, 2)
   xp = _xp(points, focal, center, radial, tangential)
@@ -112,6 +124,8 @@ def world_to_camera(points: Array, rotation: Array, translation: Array) -> Array
   Returns:
     [..., N, 3] camera-frame points.
   """
+  _check_last_dim('points', points, 3)
+  _check_matrix('rotation', rotation, 3, 3)
   _check_last_dim('translation', translation, 3)
   xp = _xp(points, rotation, translation)
   return xp.einsum('...ij,...nj->...ni', rotation, points) + translation[..., None, :]
@@ -119,12 +133,17 @@ def world_to_camera(points: Array, rotation: Array, translation: Array) -> Array
 
 def camera_to_world(points: Array, rotation: Array, translation: Array) -> Array:
   """Inverse of `world_to_camera`: X_world = R^T (X_cam - t)."""
+  _check_last_dim('points', points, 3)
+  _check_matrix('rotation', rotation, 3, 3)
+  _check_last_dim('translation', translation, 3)
   xp = _xp(points, rotation, translation)
   return xp.einsum('...ji,...nj->...ni', rotation, points - translation[..., None, :])
 
 
 def translation_from_center(rotation: Array, center: Array) -> Array:
   """t = -R C for a camera at world position C."""
+  _check_matrix('rotation', rotation, 3, 3)
+  _check_last_dim('center', center, 3)
   xp = _xp(rotation, center)
   return -xp.einsum('...ij,...j->...i', rotation, center)
 
@@ -159,8 +178,8 @@ def crop_affine(center: Array, box_size: Array, output_size: int,
   theta = xp.deg2rad(xp.asarray(rotation_deg, dtype=xp.float32))
   cos = xp.cos(theta) * s
   sin = xp.sin(theta) * s
-  cos, sin = xp.broadcast_arrays(cos, sin)
   cx, cy = center[..., 0], center[..., 1]
+  cos, sin, cx, cy = xp.broadcast_arrays(cos, sin, cx, cy)
   half = output_size / 2.0
   # Rotation by -theta in image y-down coordinates shows the box rotated
   # counter-clockwise as upright.
@@ -172,12 +191,14 @@ def crop_affine(center: Array, box_size: Array, output_size: int,
 def apply_affine(points: Array, affine: Array) -> Array:
   """Applies [..., 2, 3] affines to [..., N, 2] points."""
   _check_last_dim('points', points, 2)
+  _check_matrix('affine', affine, 2, 3)
   xp = _xp(points, affine)
   return xp.einsum('...ij,...nj->...ni', affine[..., :2], points) + affine[..., None, :, 2]
 
 
 def invert_affine(affine: Array) -> Array:
   """Inverse of [..., 2, 3] affines."""
+  _check_matrix('affine', affine, 2, 3)
   xp = _xp(affine)
   lin = affine[..., :2]
   inv = xp.linalg.inv(lin)
@@ -187,6 +208,8 @@ def invert_affine(affine: Array) -> Array:
 
 def compose_affine(outer: Array, inner: Array) -> Array:
   """Returns the affine of `outer(inner(p))`."""
+  _check_matrix('outer', outer, 2, 3)
+  _check_matrix('inner', inner, 2, 3)
   xp = _xp(outer, inner)
   lin = xp.einsum('...ij,...jk->...ik', outer[..., :2], inner[..., :2])
   t = xp.einsum('...ij,...j->...i', outer[..., :2], inner[..., 2]) + outer[..., 2]
@@ -204,6 +227,7 @@ def affine_intrinsics(intrinsics: Array, affine: Array) -> Array:
     [..., 4] intrinsics in the new image's pixels.
   """
   _check_last_dim('intrinsics', intrinsics, 4)
+  _check_matrix('affine', affine, 2, 3)
   xp = _xp(intrinsics, affine)
   sx, sy = affine[..., 0, 0], affine[..., 1, 1]
   fx, fy = intrinsics[..., 0] * sx, intrinsics[..., 1] * sy
@@ -232,6 +256,15 @@ def fit_scaled_orthographic(points_3d: Array, points_2d: Array,
   """
   _check_last_dim('points_3d', points_3d, 3)
   _check_last_dim('points_2d', points_2d, 2)
+  if points_3d.ndim < 2 or points_2d.ndim < 2 or (
+      points_3d.shape[-2] != points_2d.shape[-2]):
+    raise ValueError(
+        'points_3d [..., K, 3] and points_2d [..., K, 2] must have the same K, '
+        f'got shapes {tuple(points_3d.shape)} and {tuple(points_2d.shape)}')
+  if weights is not None and (np.ndim(weights) < 1 or
+                              np.shape(weights)[-1] != points_3d.shape[-2]):
+    raise ValueError(f'weights must have shape [..., {points_3d.shape[-2]}], '
+                     f'got shape {tuple(np.shape(weights))}')
   xp = _xp(points_3d, points_2d, weights)
   xy = points_3d[..., :2]
   if weights is None:
