@@ -154,7 +154,7 @@ def camera_to_plot(joints_3d: np.ndarray) -> np.ndarray:
 
 
 def set_equal_limits_3d(ax: Axes3D, joints_3d: np.ndarray,
-                        margin: float = 0.1) -> None:
+                        margin: float = 0.03) -> None:
   """Gives a 3D axes one cube of limits that holds all the given poses.
 
   Args:
@@ -172,7 +172,7 @@ def set_equal_limits_3d(ax: Axes3D, joints_3d: np.ndarray,
   ax.set_xlim(centre[0] - half, centre[0] + half)
   ax.set_ylim(centre[1] - half, centre[1] + half)
   ax.set_zlim(centre[2] - half, centre[2] + half)
-  ax.set_box_aspect((1, 1, 1), zoom=1.15)
+  ax.set_box_aspect((1, 1, 1), zoom=1.2)
 
 
 def draw_skeleton_3d(ax: Axes3D,
@@ -383,11 +383,11 @@ def prediction_figure(path: str | None,
               'nearest')
   ax3 = fig.add_subplot(1, 4, 4, projection='3d')
   n = hypotheses.shape[0]
-  label = f'3D: hypothesis {chosen_index + 1} of {n}'
-  if n > 1:
-    label += ' (others faded)'
-  if gt_3d is not None:
-    label += ', GT dashed'
+  label = f'3D, hypothesis {chosen_index + 1}/{n}'
+  notes = (['others faded'] if n > 1 else []) + (
+      ['GT dashed'] if gt_3d is not None else [])
+  if notes:
+    label += f' ({", ".join(notes)})'
   _style_3d(ax3, label)
   _draw_pose_set_3d(ax3, hypotheses, chosen_index, gt_3d, show_others=True,
                     view=view)
