@@ -1,8 +1,9 @@
 """Figures: skeletons in 2D and 3D, skeleton maps, predictions, training curves.
 
 Everything here takes NumPy arrays and uses matplotlib's object-oriented API
-(`matplotlib.figure.Figure` rendered by the Agg canvas), so no display and no
-pyplot global state are involved and figures are freed when they go out of
+(`matplotlib.figure.Figure` rendered by the Agg canvas), so no display, no
+pyplot global state and no backend switch are involved (importing this module
+leaves a notebook's backend alone) and figures are freed when they go out of
 scope. Each `*_figure` function saves a PNG atomically (a temporary file in the
 target folder, then `os.replace`) and returns its path, or returns the
 `Figure` itself when `path` is None.
@@ -22,11 +23,6 @@ import os
 import tempfile
 from typing import Any, Sequence
 
-import matplotlib
-
-matplotlib.use('Agg')
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from matplotlib import patheffects
 from matplotlib import patches
 from matplotlib import transforms
@@ -38,7 +34,6 @@ from mpl_toolkits.mplot3d import Axes3D
 import numpy as np
 
 from deepskeleton_jax import skeleton
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 # Default novel viewpoint (elevation, azimuth) in degrees: 30 degrees around
 # the vertical axis from the camera's own view (azim=-90), slightly above.
