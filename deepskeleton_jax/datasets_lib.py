@@ -1,0 +1,263 @@
+"""Finds, configures, builds and opens the TFDS datasets under `datasets/`.
+
+Rule (shared by every dataset): the folder `datasets/<name>/` holds the module
+`<name>.py` with one `tfds.core.GeneratorBasedBuilder` subclass whose TFDS
+name is `<name>`, and a `tfds.core.BuilderConfig` dataclass subclass with its
+options (`BUILDER_CONFIGS[0]` is the default). `datasets/` is not a Python
+package, so modules are loaded by path (once per process, without TFDS's
+global registration, which would clash with a second import).
+
+`data_config.builder_kwargs` overrides fields of the default config; the
+resulting config is named after the default plus the non-default fields in
+sorted order (e.g. `default-crop_size_64-num_train_16`), so different options
+are stored in different directories and equal options find the same one.
+
+Datasets are written as `array_record` and read with grain through
+`builder.as_data_source` (no TensorFlow).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import pathlib
+import shutil
+import sys
+from typing import Any
+
+from absl import logging
+import tensorflow_datasets as tfds
+
+DATASETS_DIR = pathlib.Path(__file__).resolve().parent.parent / 'datasets'
+PREPARE_COMMAND = 'python run.py --mode=prepare --config=<your config file and overrides>'
+_MODULE_PREFIX = 'deepskeleton_jax_dataset_'  # No dot: TFDS would import a package.
+_BASE_FIELDS = frozenset(f.name for f in dataclasses.fields(tfds.core.BuilderConfig))
+
+
+def available() -> list[str]:
+  """Names of the datasets under `datasets/` (folders with `<name>/<name>.py`)."""
+  if not DATASETS_DIR.is_dir():
+    return []
+  return sorted(p.name for p in DATASETS_DIR.iterdir()
+                if (p / f'{p.name}.py').is_file())
+
+
+def load_module(name: str):
+  """Imports `datasets/<name>/<name>.py` (cached per process).
+
+  Args:
+    name: dataset name.
+
+  Returns:
+    The module.
+
+  Raises:
+    ValueError: no such dataset.
+  """
+  module_name = _MODULE_PREFIX + name
+  if module_name in sys.modules:
+    return sys.modules[module_name]
+  path = DATASETS_DIR / name / f'{name}.py'
+  if not path.is_file():
+    raise ValueError(f'data.name: no dataset {name!r} ({path} does not exist); '
+                     f'available: {available()}')
+  spec = importlib.util.spec_from_file_location(module_name, path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[module_name] = module
+  try:
+    with tfds.core.registered.skip_registration():
+      spec.loader.exec_module(module)
+  except BaseException:
+    del sys.modules[module_name]
+    raise
+  return module
+
+
+def builder_class(name: str) -> type[tfds.core.GeneratorBasedBuilder]:
+  """The dataset's `GeneratorBasedBuilder` subclass (TFDS name == `name`)."""
+  module = load_module(name)
+  found = [v for v in vars(module).values()
+           if isinstance(v, type) and issubclass(v, tfds.core.GeneratorBasedBuilder)
+           and v.__module__ == module.__name__]
+  if len(found) != 1 or found[0].name != name:
+    raise ValueError(
+        f'{module.__file__}: expected exactly one GeneratorBasedBuilder subclass '
+        f'named {name!r} (TFDS name), found {[c.name for c in found]}')
+  return found[0]
+
+
+def _to_dict(kwargs: Any) -> dict[str, Any]:
+  if kwargs is None:
+    return {}
+  if hasattr(kwargs, 'to_dict'):
+    return kwargs.to_dict()
+  return dict(kwargs)
+
+
+def _format_value(value: Any) -> str:
+  if isinstance(value, (list, tuple)):
+    return '_'.join(_format_value(v) for v in value)
+  text = str(value)
+  return ''.join(c if c.isalnum() or c in '.-' else '_' for c in text)
+
+
+def _coerce(key: str, default: Any, value: Any) -> Any:
+  """Converts an override to the type of the field's default value."""
+  def fail():
+    return ValueError(f'data.builder_kwargs.{key}: expected a value like '
+                      f'{default!r} ({type(default).__name__}), got {value!r}')
+  if isinstance(default, bool):
+    if not isinstance(value, bool):
+      raise fail()
+  elif isinstance(default, int):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+      raise fail()
+    value = int(value)
+  elif isinstance(default, float):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      raise fail()
+    value = float(value)
+  elif isinstance(default, str):
+    if not isinstance(value, str):
+      raise fail()
+  elif isinstance(default, tuple):
+    if not isinstance(value, (list, tuple)):
+      raise fail()
+    value = tuple(value)
+  return value
+
+
+def make_config(cls: type[tfds.core.GeneratorBasedBuilder],
+                builder_kwargs: Any) -> tfds.core.BuilderConfig:
+  """The builder config for `builder_kwargs` (the default config if empty).
+
+  Args:
+    cls: builder class.
+    builder_kwargs: dict (or ConfigDict) of config fields to override.
+
+  Returns:
+    The default config when no field differs from it, else a new config of
+    the same class named deterministically from the non-default fields.
+
+  Raises:
+    ValueError: an unknown field, or a value of the wrong type.
+  """
+  if not cls.BUILDER_CONFIGS:
+    raise ValueError(f'{cls.__name__}.BUILDER_CONFIGS is empty')
+  default = cls.BUILDER_CONFIGS[0]
+  options = {f.name: getattr(default, f.name) for f in dataclasses.fields(default)
+             if f.name not in _BASE_FIELDS}
+  changed = {}
+  for key, value in sorted(_to_dict(builder_kwargs).items()):
+    if key not in options:
+      raise ValueError(f'data.builder_kwargs.{key}: not an option of {cls.name}; '
+                       f'options: {sorted(options)}')
+    value = _coerce(key, options[key], value)
+    if value != options[key]:
+      changed[key] = value
+  if not changed:
+    return default
+  name = default.name + '-' + '-'.join(
+      f'{k}_{_format_value(v)}' for k, v in changed.items())
+  if len(name) > 100:
+    digest = hashlib.sha1(repr(sorted(changed.items())).encode()).hexdigest()[:12]
+    name = f'{default.name}-custom_{digest}'
+  fields = {f.name: getattr(default, f.name) for f in dataclasses.fields(default)
+            if f.init}
+  fields.update(changed, name=name,
+                description=f'{default.description or default.name} Overrides: {changed}')
+  return type(default)(**fields)
+
+
+def get_builder(data_config: Any) -> tfds.core.GeneratorBasedBuilder:
+  """The builder for `data_config` (fields name, data_dir, builder_kwargs).
+
+  Args:
+    data_config: the `config.data` ConfigDict (or any object with those
+      attributes; `builder_kwargs` and `data_dir` may be missing or empty).
+
+  Returns:
+    A builder writing/reading `array_record` under `data_config.data_dir`
+    (TFDS's default data dir when empty).
+  """
+  cls = builder_class(data_config.name)
+  config = make_config(cls, getattr(data_config, 'builder_kwargs', None))
+  data_dir = getattr(data_config, 'data_dir', None) or None
+  return cls(config=config, data_dir=data_dir, file_format='array_record')
+
+
+def _not_built_error(builder: tfds.core.DatasetBuilder) -> ValueError:
+  return ValueError(
+      f'Dataset {builder.name} (config {builder.builder_config.name}) is not '
+      f'built in data_dir {builder.data_dir_root} (expected {builder.data_dir}). '
+      f'Build it first with: {PREPARE_COMMAND}, using the same config, '
+      f'data.data_dir and data.builder_kwargs.')
+
+
+def prepare(data_config: Any) -> tfds.core.GeneratorBasedBuilder:
+  """Builds the dataset (no-op if built); a failed build leaves nothing behind.
+
+  TFDS writes into a temporary `incomplete.*` directory and renames it when
+  done; on failure this also removes the directories the attempt created
+  (the config/version directories and an empty `downloads/`).
+
+  Args:
+    data_config: the `config.data` ConfigDict; `manual_dir` (may be empty) is
+      where manual-download datasets read their files from.
+
+  Returns:
+    The prepared builder.
+  """
+  builder = get_builder(data_config)
+  if builder.is_prepared():
+    logging.info('%s already built in %s', builder.name, builder.data_dir)
+    return builder
+  manual_dir = getattr(data_config, 'manual_dir', None) or None
+  root = pathlib.Path(builder.data_dir_root)
+  dataset_dir = root / builder.name
+  watched = [root, root / 'downloads', dataset_dir, dataset_dir / '.config',
+             pathlib.Path(builder.data_dir).parent, pathlib.Path(builder.data_dir)]
+  existed = {p: p.exists() for p in watched}
+  try:
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  except BaseException:
+    for p in reversed(watched):
+      if not existed[p] and p.exists():
+        shutil.rmtree(p, ignore_errors=True)
+    parent = pathlib.Path(builder.data_dir).parent
+    if parent.is_dir():
+      for leftover in parent.glob(f'incomplete.*{builder.version}'):
+        shutil.rmtree(leftover, ignore_errors=True)
+    raise
+  logging.info('%s built in %s', builder.name, builder.data_dir)
+  return builder
+
+
+def data_source(data_config: Any, split: str, decode_image: bool = True):
+  """A random-access grain data source of one split of a built dataset.
+
+  Args:
+    data_config: the `config.data` ConfigDict.
+    split: split name (e.g. 'train', 'test', or a TFDS slice like 'train[:10]').
+    decode_image: False keeps `image` as encoded bytes (the input pipeline
+      decodes it itself).
+
+  Returns:
+    A sequence of example dicts (numpy values; text fields as bytes).
+
+  Raises:
+    ValueError: the dataset is not built (the message gives the prepare
+      command and data_dir) or the split does not exist.
+  """
+  builder = get_builder(data_config)
+  if not builder.is_prepared():
+    raise _not_built_error(builder)
+  base_split = split.split('[')[0]
+  if base_split not in builder.info.splits:
+    raise ValueError(f'split {split!r} not in {builder.name} '
+                     f'(splits: {sorted(builder.info.splits)})')
+  decoders = None if decode_image else {'image': tfds.decode.SkipDecoding()}
+  return builder.as_data_source(split, decoders=decoders)
+
