@@ -16,7 +16,8 @@ ROOT = skeleton.ROOT
 
 def _poses(n, seed):
   rng = np.random.default_rng(seed)
-  joints = rng.normal(scale=60.0, size=(n, 16, 2)) + rng.uniform(0, 500, (n, 1, 2))
+  joints = rng.normal(scale=60.0, size=(n, 16, 2))
+  joints += rng.uniform(0, 500, (n, 1, 2))
   visible = rng.uniform(size=(n, 16)) > 0.25
   return joints.astype(np.float32), visible
 

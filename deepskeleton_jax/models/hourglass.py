@@ -239,7 +239,8 @@ def decode_heatmaps(heatmaps: jax.Array,
 
   def refine(pos, other, n, stride_pos, stride_other):
     centre = jnp.clip(pos, 1, n - 2)
-    idx = (centre[..., None] + offsets) * stride_pos + other[..., None] * stride_other
+    idx = ((centre[..., None] + offsets) * stride_pos
+           + other[..., None] * stride_other)
     lm, l0, lp = jnp.moveaxis(jnp.take_along_axis(logs, idx, axis=-1), -1, 0)
     curv = lm - 2.0 * l0 + lp
     concave = curv < 0
