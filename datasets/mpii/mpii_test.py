@@ -1,0 +1,232 @@
+"""Tests of the mpii builder: real samples (JSON route) and a fake .mat."""
+
+import importlib.util
+import json
+import logging
+import pathlib
+import shutil
+
+import h5py
+import numpy as np
+from PIL import Image
+import pytest
+import scipy.io
+import tensorflow_datasets as tfds
+
+from deepskeleton_jax import camera
+
+_MODULE = pathlib.Path(__file__).with_name('mpii.py')
+
+
+def _load_module():
+  spec = importlib.util.spec_from_file_location('mpii', _MODULE)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+mpii = _load_module()
+
+
+def _build(manual_dir, data_dir, **kwargs):
+  builder = mpii.Mpii(data_dir=str(data_dir),
+                      config=mpii.MpiiConfig(name='t', **kwargs))
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=str(manual_dir)))
+  return builder
+
+
+def _examples(builder, split):
+  source = builder.as_data_source(split)
+  return [source[i] for i in range(len(source))]
+
+
+def _json_manual(shared_data, root):
+  samples = shared_data / 'mpii_samples'
+  (root / 'images').mkdir(parents=True)
+  for f in samples.glob('*.jpg'):
+    shutil.copy(f, root / 'images' / f.name)
+  shutil.copy(samples / 'test_mpii.json', root / 'train.json')
+  shutil.copy(samples / 'test_mpii.json', root / 'valid.json')
+  return json.loads((samples / 'test_mpii.json').read_text())
+
+
+@pytest.fixture(scope='module')
+def json_build(shared_data, tmp_path_factory):
+  root = tmp_path_factory.mktemp('mpii_manual')
+  annotations = _json_manual(shared_data, root)
+  shutil.copy(shared_data / 'mpii_eval' / 'valid.h5', root / 'valid.h5')
+  # Pseudo-3D for one person only.
+  pseudo = np.arange(48, dtype=np.float32).reshape(16, 3) + 2000
+  np.savez(root / 'pseudo3d.npz', **{f'{annotations[1]["image"]}#0': pseudo})
+  builder = _build(root, tmp_path_factory.mktemp('mpii_data'), crop_size=128,
+                   pseudo_3d_file='pseudo3d.npz')
+  return builder, annotations, root, pseudo
+
+
+def test_json_joints_map_back_to_the_annotation(json_build, shared_data):
+  builder, annotations, root, pseudo = json_build
+  with h5py.File(shared_data / 'mpii_eval' / 'valid.h5', 'r') as f:
+    normalize = {n.decode(): v for n, v in zip(f['imgname'][()],
+                                              f['normalize'][()])}
+  for split in ('train', 'validation'):
+    examples = _examples(builder, split)
+    assert len(examples) == len(annotations)
+    for ex in examples:
+      a = next(a for a in annotations if a['image'] == ex['image_name'].decode())
+      vis = np.asarray(a['joints_vis']) > 0
+      np.testing.assert_array_equal(ex['visible'], vis)
+      # Continuous = 1-based MATLAB - 0.5.
+      back = camera.apply_affine(ex['joints_2d'].astype(np.float64),
+                                 ex['crop_to_image'].astype(np.float64))
+      np.testing.assert_allclose(back[vis] + 0.5, np.asarray(a['joints'])[vis],
+                                 atol=0.02)
+      # Box: centre shifted 15 x scale down; side scale x 200 x 1.25 x 1.5.
+      centre = camera.apply_affine(np.array([[64.0, 64.0]]),
+                                   ex['crop_to_image'].astype(np.float64))[0]
+      np.testing.assert_allclose(
+          centre, np.asarray(a['center']) - 0.5 + [0, 15 * a['scale']],
+          atol=0.02)
+      np.testing.assert_allclose(ex['crop_to_image'][0, 0] * 128,
+                                 a['scale'] * 200 * 1.25 * 1.5, rtol=1e-5)
+      np.testing.assert_allclose(ex['head_size'] * ex['crop_to_image'][0, 0],
+                                 normalize[a['image']], rtol=1e-4)
+      assert not ex['has_intrinsics']
+      if a['image'] == annotations[1]['image']:
+        assert ex['has_3d']
+        np.testing.assert_array_equal(ex['joints_3d'], pseudo)
+      else:
+        assert not ex['has_3d'] and not ex['joints_3d'].any()
+
+
+def test_json_crop_pixels_match_an_independent_warp(json_build):
+  builder, _, root, _ = json_build
+  for ex in _examples(builder, 'validation'):
+    original = Image.open(root / 'images' / ex['image_name'].decode())
+    a = ex['crop_to_image'].astype(np.float64)
+    # PIL samples output pixel (x, y) at input a @ (x, y, 1), centres at +.5.
+    reference = np.asarray(original.convert('RGB').transform(
+        (128, 128), Image.Transform.AFFINE, tuple(a.reshape(-1)),
+        resample=Image.Resampling.BILINEAR), np.float32)
+    inside = reference.sum(-1) > 0
+    diff = np.abs(ex['image'].astype(np.float32) - reference)[inside]
+    assert diff.mean() < 8, ex["image_name"]  # (a 1 px shift gives 6-26)
+
+
+def _struct_array(dicts):
+  arr = np.zeros((len(dicts),), dtype=[(k, object) for k in dicts[0]])
+  for i, d in enumerate(dicts):
+    for k, v in d.items():
+      arr[i][k] = v
+  return arr
+
+
+_EMPTY = np.zeros((0, 0))
+
+
+def _rect(joints, head, scale, objpos):
+  points = _struct_array([
+      {'id': j, 'x': x, 'y': y, 'is_visible': v}
+      for j, (x, y), v in zip(joints, joints.values(), ('1', _EMPTY, 0, 1))
+  ]) if joints else _EMPTY
+  return {'x1': head[0], 'y1': head[1], 'x2': head[2], 'y2': head[3],
+          'scale': scale, 'objpos': {'x': objpos[0], 'y': objpos[1]}
+                                     if objpos else _EMPTY,
+          'annopoints': {'point': points} if joints else _EMPTY}
+
+
+@pytest.fixture(scope='module')
+def mat_manual(tmp_path_factory):
+  root = tmp_path_factory.mktemp('mpii_mat')
+  (root / 'images').mkdir()
+  rng = np.random.default_rng(0)
+  for name in ('a.jpg', 'b.jpg', 'c.jpg'):
+    Image.fromarray(rng.integers(0, 255, (90, 120, 3), np.uint8)).save(
+        root / 'images' / name)
+  a0 = _rect({0: (30.0, 80.0), 9: (40.0, 10.0), 12: (50.0, 30.0)},
+             (30.0, 5.0, 50.0, 20.0), 0.4, (40.0, 45.0))
+  a1 = _rect({}, (0, 0, 1, 1), _EMPTY, None)  # Unannotated person: skipped.
+  b0 = _rect({3: (60.0, 50.0), 15: (70.0, 20.0)}, (60.0, 2.0, 80.0, 14.0),
+             0.35, (65.0, 40.0))
+  c0 = _rect({2: (20.0, 20.0)}, (1, 1, 2, 2), 0.3, (20.0, 20.0))  # Test image.
+  annolist = _struct_array([
+      {'image': {'name': 'a.jpg'}, 'annorect': _struct_array([a0, a1])},
+      {'image': {'name': 'b.jpg'}, 'annorect': _struct_array([b0])},
+      {'image': {'name': 'c.jpg'}, 'annorect': _struct_array([c0])},
+  ])
+  scipy.io.savemat(root / 'mpii_human_pose_v1_u12_1.mat', {'RELEASE': {
+      'annolist': annolist, 'img_train': np.array([1, 1, 0])}})
+  with h5py.File(root / 'valid.h5', 'w') as f:
+    f['index'] = np.array([1.0])
+    f['person'] = np.array([0.0])
+    f['imgname'] = np.array([b'b.jpg'])
+    f['part'] = np.zeros((1, 16, 2))
+    f['normalize'] = np.array([1.0])
+  return root
+
+
+def test_mat_route_splits_coordinates_and_head_boxes(mat_manual, tmp_path):
+  builder = _build(mat_manual, tmp_path, annotation_format='mat', crop_size=64)
+  train = _examples(builder, 'train')
+  valid = _examples(builder, 'validation')
+  assert [(e['image_name'], e['frame']) for e in train] == [(b'a.jpg', 0)]
+  assert [(e['image_name'], e['frame']) for e in valid] == [(b'b.jpg', 0)]
+  for ex, joints, head, scale, objpos in (
+      (train[0], {0: (30, 80), 9: (40, 10), 12: (50, 30)}, (30, 5, 50, 20),
+       0.4, (40, 45)),
+      (valid[0], {3: (60, 50), 15: (70, 20)}, (60, 2, 80, 14), 0.35,
+       (65, 40))):
+    assert sorted(np.flatnonzero(ex['visible'])) == sorted(joints)
+    a = ex['crop_to_image'].astype(np.float64)
+    back = camera.apply_affine(ex['joints_2d'].astype(np.float64), a)
+    for j, xy in joints.items():
+      np.testing.assert_allclose(back[j] + 0.5, xy, atol=0.01)
+    scale_px = a[0, 0]
+    np.testing.assert_allclose(
+        ex['head_size'] * scale_px,
+        0.6 * np.hypot(head[2] - head[0], head[3] - head[1]), rtol=1e-5)
+    np.testing.assert_allclose(scale_px * 64, scale * 200 * 1.25 * 1.5,
+                               rtol=1e-5)
+    centre = camera.apply_affine(np.array([[32.0, 32.0]]), a)[0]
+    np.testing.assert_allclose(centre, np.add(objpos, (-0.5, 15 * scale - 0.5)),
+                               atol=0.01)
+
+
+def test_missing_files_are_listed(mat_manual, tmp_path, shared_data):
+  root = tmp_path / 'm'
+  shutil.copytree(mat_manual, root)
+  (root / 'valid.h5').unlink()
+  (root / 'images' / 'a.jpg').unlink()
+  with pytest.raises(ValueError, match=r'(?s)lacks 1 .*valid\.h5.*Expected layout'):
+    _build(root, tmp_path / 'd1', annotation_format='mat')
+  with pytest.raises(ValueError, match=r'(?s)lacks 2 .*train\.json.*valid\.json'):
+    _build(root, tmp_path / 'd2')
+  shutil.copy(mat_manual / 'valid.h5', root / 'valid.h5')
+  with pytest.raises(ValueError, match=r'(?s)lacks 1 .*images/a\.jpg'):
+    _build(root, tmp_path / 'd3', annotation_format='mat')
+
+
+def test_corrupt_image_is_named_and_bad_joints_rejected(shared_data, tmp_path,
+                                                       caplog):
+  root = tmp_path / 'm'
+  annotations = _json_manual(shared_data, root)
+  annotations[2]['joints'][4] = [1e7, 3.0]  # Far outside the image.
+  (root / 'train.json').write_text(json.dumps(annotations))
+  with caplog.at_level(logging.WARNING):
+    builder = _build(root, tmp_path / 'ok', crop_size=32)
+  assert len(_examples(builder, 'train')) == len(annotations) - 1
+  assert len(_examples(builder, 'validation')) == len(annotations)
+  assert 'rejected 1 invalid examples' in caplog.text
+  assert f'{len(annotations)} of {len(annotations)} persons have no head size' \
+      in caplog.text
+  bad = root / 'images' / annotations[3]['image']
+  bad.write_bytes(b'not a jpeg')
+  with pytest.raises(ValueError, match=str(bad)):
+    _build(root, tmp_path / 'bad', crop_size=32)
+  assert not list((tmp_path / 'bad').rglob('dataset_info.json'))
+  assert not list((tmp_path / 'bad').rglob('*array_record*'))
+
+
+def test_config_validation():
+  with pytest.raises(ValueError, match='annotation_format'):
+    mpii.MpiiConfig(name='x', annotation_format='xml')
