@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from deepskeleton_jax import bvh
 from deepskeleton_jax import camera
 from deepskeleton_jax import skeleton
 
@@ -48,7 +49,6 @@ def _all(source):
 
 
 def test_split_sizes_follow_files_and_subsampling(built, shared_data):
-  from deepskeleton_jax import bvh  # pylint: disable=g-import-not-at-top
   counts = {f.stem: -(-bvh.load(f).num_frames // 40)
             for f in (shared_data / 'cmu_mocap').glob('*.bvh')}
   train = _all(built.as_data_source('train'))
