@@ -13,11 +13,11 @@ map the farthest one (it is occluded). The rule, per pixel, is exact:
 * `fg` takes the colour of the covering bone with the smallest depth, `bg` of
   the one with the largest; ties go to the lower bone index; uncovered = 0.
 
-Implementation (XLA:CPU measurements in the module's benchmark): per example
-and bone, the projection onto the bone axis and the signed distance from it
-are sums of a row term and a column term, so one pass over the 15 bones keeps
-a running (depth, bone) minimum and maximum per pixel with ~16 flops per
-pixel-bone and no [.., bones, H, W] intermediate. The pass writes one uint8
+Implementation: per example and bone, the projection onto the bone axis and
+the signed distance from it are sums of a row term and a column term, so one
+pass over the 15 bones keeps a running (depth, bone) minimum and maximum per
+pixel with about 20 vector operations per pixel-bone and no
+[..., bones, H, W] intermediate. The pass writes one uint8
 code per pixel (fg bone * 16 + bg bone); a table gather turns it into colours.
 On CPU a `lax.cond` separates the two, since XLA would otherwise fuse the whole
 bone pass into the colour gather and recompute it for every output channel.

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from deepskeleton_jax import rasterize
+from deepskeleton_jax import rasterize_benchmark
 from deepskeleton_jax import skeleton
 
 COLORS = np.concatenate([skeleton.BONE_COLORS, np.zeros((1, 3), np.float32)])
@@ -257,3 +258,11 @@ def test_bad_input_raises_value_error_naming_the_argument(args, name):
   kwargs.update(args)
   with pytest.raises(ValueError, match=name):
     rasterize.skeleton_maps(**kwargs)
+
+
+def test_benchmark_smoke():
+  """The benchmark runs; OpenCV's painter's order roughly agrees (no timing)."""
+  result = rasterize_benchmark.run(batch=16, size=32, stick_width=2.0,
+                                   repeats=1)
+  assert result['jax_poses_per_s'] > 0 and result['opencv_poses_per_s'] > 0
+  assert 0.9 < result['opencv_agreement'] < 1.0
