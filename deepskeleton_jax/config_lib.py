@@ -106,7 +106,7 @@ def base_config() -> ml_collections.ConfigDict:
   })
   c.hourglass = ml_collections.ConfigDict({
       'model': ml_collections.ConfigDict({
-          'num_stacks': 2, 'num_features': 256, 'dtype': 'float32'}),
+          'num_stacks': 2, 'num_features': 256, 'depth': 4, 'dtype': 'float32'}),
       'input_size': 256,
       'sigma': 1.0,
       'train': train_group(batch_size=16, num_steps=100_000, learning_rate=2.5e-4,
@@ -208,8 +208,10 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          config.regressor.input, "'gt' or 'predicted'")
   _check(config.regressor.input_size % 32 == 0, 'regressor.input_size',
          config.regressor.input_size, 'a multiple of 32')
-  _check(config.hourglass.input_size % 4 == 0, 'hourglass.input_size',
-         config.hourglass.input_size, 'a multiple of 4')
+  hg_div = 4 * 2 ** config.hourglass.model.depth
+  _check(config.hourglass.input_size % hg_div == 0, 'hourglass.input_size',
+         config.hourglass.input_size,
+         f'a multiple of {hg_div} (4 x 2^hourglass.model.depth)')
   return config
 
 

@@ -250,7 +250,7 @@ def build(config: ml_collections.ConfigDict, name: str) -> Stage:
     hsize = cfg.input_size
     model = hourglass.StackedHourglass(
         num_stacks=cfg.model.num_stacks, num_features=cfg.model.num_features,
-        num_joints=skeleton.NUM_JOINTS, dtype=_dtype(cfg.model.dtype))
+        num_joints=skeleton.NUM_JOINTS, depth=cfg.model.depth, dtype=_dtype(cfg.model.dtype))
 
     def make_inputs(batch, aux, norm):
       del aux, norm

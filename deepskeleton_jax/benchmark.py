@@ -1,0 +1,262 @@
+"""Throughput benchmark: train and inference steps of each stage, plus references.
+
+For each stage in `config.benchmark.stages`, batch size and dtype: images/s of
+the jitted, donated train step under the global mesh and of the inference
+forward pass, compile time, XLA's FLOP count and the model FLOPs utilisation
+(MFU) where the device's peak is known, and peak device memory where the
+backend reports it. References measured in the same run: the same train step
+as a plain unsharded single-device jit (ratio = sharded / plain), the stacked
+H-hypothesis step per hypothesis vs a one-hypothesis step, the rasterizer vs
+OpenCV, and the input pipeline. Prints one JSON line and a table, and writes
+`<workdir>/benchmark/benchmark.json`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from deepskeleton_jax import config_lib
+from deepskeleton_jax import parallel
+from deepskeleton_jax import skeleton
+from deepskeleton_jax import stages as stages_lib
+from deepskeleton_jax import train as train_lib
+
+# Dense peak FLOP/s per device for MFU (bfloat16 / float32-via-TF32 tensor cores).
+PEAK_FLOPS = {
+    'H100': {'bfloat16': 989e12, 'float32': 495e12},
+    'H200': {'bfloat16': 989e12, 'float32': 495e12},
+    'A100': {'bfloat16': 312e12, 'float32': 156e12},
+    'TPU v4': {'bfloat16': 275e12, 'float32': 275e12},
+    'TPU v5 lite': {'bfloat16': 197e12, 'float32': 197e12},
+    'TPU v5p': {'bfloat16': 459e12, 'float32': 459e12},
+}
+
+
+def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int,
+                    seed: int = 0) -> dict[str, np.ndarray]:
+  """A random batch in the input pipeline's format (no I/O)."""
+  rng = np.random.default_rng(seed)
+  s, c, k = config.data.input_size, len(config.data.crop_scales), skeleton.NUM_JOINTS
+  joints_3d = rng.normal(0, 300, (batch_size, k, 3)).astype(np.float32)
+  joints_3d[..., 2] += 4000
+  return {
+      'image': rng.integers(0, 256, (batch_size, c, s, s, 3), dtype=np.uint8),
+      'joints_2d': rng.uniform(0.1 * s, 0.9 * s, (batch_size, c, k, 2)).astype(np.float32),
+      'visible': np.ones((batch_size, k), bool),
+      'joints_3d': joints_3d,
+      'has_3d': np.ones((batch_size,), bool),
+      'intrinsics': np.tile(np.array([s, s, s / 2, s / 2], np.float32), (batch_size, c, 1)),
+      'has_intrinsics': np.ones((batch_size,), bool),
+      'head_size': np.full((batch_size, c), s / 8, np.float32),
+  }
+
+
+def _peak_flops(dtype: str) -> float | None:
+  kind = jax.devices()[0].device_kind
+  for name, peaks in PEAK_FLOPS.items():
+    if name.lower() in kind.lower():
+      return peaks[dtype]
+  return None
+
+
+def _peak_memory() -> int | None:
+  try:
+    stats = jax.local_devices()[0].memory_stats() or {}
+  except Exception:  # pylint: disable=broad-except
+    return None
+  return stats.get('peak_bytes_in_use')
+
+
+def _flops(compiled) -> float | None:
+  try:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get('flops')) if cost and cost.get('flops') else None
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def _time(fn, steps: int) -> float:
+  """Seconds per call, after one warm-up call (results blocked on)."""
+  jax.block_until_ready(fn())
+  t0 = time.perf_counter()
+  out = None
+  for _ in range(steps):
+    out = fn()
+  jax.block_until_ready(out)
+  return (time.perf_counter() - t0) / steps
+
+
+def bench_train_step(config, stage_name: str, batch_size: int, steps: int,
+                     sharded: bool = True) -> dict[str, Any]:
+  """Times one stage's train step on a random batch."""
+  stage = stages_lib.build(config, stage_name)
+  tcfg = copy.deepcopy(config[stage_name].train)
+  with tcfg.unlocked():
+    tcfg.batch_size = batch_size
+  tx = train_lib.make_optimizer(tcfg)
+  rng = jax.random.PRNGKey(0)
+  norm = {'mean': np.zeros((16, 3), np.float32), 'std': np.float32(300.0)}
+  variables = jax.jit(lambda r: train_lib.init_variables(stage, r))(rng)
+  aux = None
+  if stage.needs:
+    aux = jax.jit(lambda r: train_lib.init_variables(
+        stages_lib.build(config, stage.needs), r))(rng)
+  step = train_lib.make_train_step(stage, tcfg)
+  batch = synthetic_batch(config, batch_size)
+  if sharded:
+    mesh = parallel.make_mesh(config.parallel.hyp_axis)
+    abstract = jax.eval_shape(lambda v: train_lib.create_state(v, tx, norm, rng), variables)
+    state_sh = parallel.stacked_sharding(mesh, abstract, stage.num_hyps)
+    state = jax.jit(lambda v: train_lib.create_state(v, tx, norm, rng),
+                    out_shardings=state_sh)(variables)
+    batch = parallel.global_batch(batch, mesh)
+    jitted = jax.jit(step, in_shardings=(state_sh, parallel.batch_sharding(mesh),
+                                         parallel.replicated(mesh)),
+                     out_shardings=(state_sh, parallel.replicated(mesh)), donate_argnums=(0,))
+  else:
+    device = jax.devices()[0]
+    state = jax.device_put(train_lib.create_state(variables, tx, norm, rng), device)
+    batch = jax.device_put(parallel.numeric_fields(batch), device)
+    jitted = jax.jit(step, donate_argnums=(0,))
+  t0 = time.perf_counter()
+  compiled = jitted.lower(state, batch, aux).compile()
+  compile_s = time.perf_counter() - t0
+  holder = {'state': state}
+
+  def run_once():
+    holder['state'], metrics = compiled(holder['state'], batch, aux)
+    return metrics['loss']
+
+  sec = _time(run_once, steps)
+  flops = _flops(compiled)
+  return {'seconds_per_step': sec, 'images_per_s': batch_size / sec,
+          'compile_s': compile_s, 'flops_per_step': flops,
+          'num_hyps': stage.num_hyps}
+
+
+def bench_inference(config, stage_name: str, batch_size: int, steps: int) -> dict[str, Any]:
+  """Times the eval-mode forward pass of a stage (all hypotheses)."""
+  stage = stages_lib.build(config, stage_name)
+  rng = jax.random.PRNGKey(0)
+  variables = jax.jit(lambda r: train_lib.init_variables(stage, r))(rng)
+  aux = None
+  if stage.needs:
+    aux = jax.jit(lambda r: train_lib.init_variables(
+        stages_lib.build(config, stage.needs), r))(rng)
+  norm = {'mean': jnp.zeros((16, 3)), 'std': jnp.float32(300.0)}
+  batch = jax.device_put(parallel.numeric_fields(synthetic_batch(config, batch_size)))
+
+  @jax.jit
+  def forward(variables, batch):
+    inputs, _ = stage.make_inputs(batch, aux, norm)
+    return jax.tree_util.tree_leaves(stages_lib.apply_stacked(stage.model, variables, inputs))[-1]
+
+  t0 = time.perf_counter()
+  compiled = forward.lower(variables, batch).compile()
+  compile_s = time.perf_counter() - t0
+  sec = _time(lambda: compiled(variables, batch), steps)
+  return {'images_per_s': batch_size / sec, 'compile_s': compile_s,
+          'flops_per_step': _flops(compiled)}
+
+
+def _single_hypothesis(config):
+  one = copy.deepcopy(config)
+  with one.unlocked():
+    base = config_lib.hypothesis_list(config)[config.hypotheses.base]
+    one.hypotheses.crop_scales = (base[0],)
+    one.hypotheses.stick_widths = (base[1],)
+    one.hypotheses.base = 0
+  return config_lib.finalize(one)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Runs the benchmark grid and the references; prints and writes results."""
+  bcfg = config.benchmark
+  device = jax.devices()[0]
+  results: dict[str, Any] = {'device': device.device_kind, 'platform': device.platform,
+                             'num_devices': jax.device_count(), 'rows': []}
+  stage_names = [s.strip() for s in str(bcfg.stages).split(',') if s.strip()]
+  for name in stage_names:
+    for dtype in bcfg.dtypes:
+      cfg = copy.deepcopy(config)
+      with cfg.unlocked():
+        for stage_group in (name, 'skeleton_net'):
+          if 'dtype' in cfg[stage_group].model:
+            cfg[stage_group].model.dtype = dtype
+      for bs in bcfg.batch_sizes:
+        logging.info('benchmark: %s %s batch %d', name, dtype, bs)
+        row = {'stage': name, 'dtype': dtype, 'batch_size': bs}
+        tr = bench_train_step(cfg, name, bs, bcfg.steps)
+        row.update({f'train_{k}': v for k, v in tr.items()})
+        plain = bench_train_step(cfg, name, bs, bcfg.steps, sharded=False)
+        row['plain_train_images_per_s'] = plain['images_per_s']
+        row['sharded_over_plain'] = tr['images_per_s'] / plain['images_per_s']
+        if tr['num_hyps'] > 1:
+          one = bench_train_step(_single_hypothesis(cfg), name, bs, bcfg.steps)
+          row['one_hyp_train_images_per_s'] = one['images_per_s']
+          # >1 means the stacked step trains each hypothesis faster than alone.
+          row['stacked_per_hyp_speedup'] = (tr['images_per_s'] * tr['num_hyps'] /
+                                            one['images_per_s'])
+        inf = bench_inference(cfg, name, bs, bcfg.steps)
+        row.update({f'infer_{k}': v for k, v in inf.items()})
+        peak = _peak_flops(dtype)
+        if peak and tr['flops_per_step']:
+          row['train_mfu'] = tr['flops_per_step'] / tr['seconds_per_step'] / (
+              peak * jax.device_count())
+        row['peak_memory_bytes'] = _peak_memory()
+        results['rows'].append(row)
+  try:
+    from deepskeleton_jax import rasterize_benchmark  # pylint: disable=g-import-not-at-top
+    results['rasterizer'] = rasterize_benchmark.run()
+  except ImportError:
+    logging.warning('rasterize_benchmark is not available')
+  try:
+    from deepskeleton_jax import input_benchmark  # pylint: disable=g-import-not-at-top
+    results['input_pipeline'] = input_benchmark.run(config.data)
+  except (ImportError, FileNotFoundError) as e:
+    logging.warning('input pipeline benchmark skipped: %s', e)
+  line = json.dumps(results, default=float)
+  print(line)
+  print(format_table(results))
+  if jax.process_index() == 0:
+    out_dir = os.path.join(workdir, 'benchmark')
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = os.path.join(out_dir, 'benchmark.json.tmp')
+    with open(tmp, 'w') as f:
+      f.write(line + '\n')
+    os.replace(tmp, os.path.join(out_dir, 'benchmark.json'))
+  return results
+
+
+def format_table(results: dict[str, Any]) -> str:
+  """A readable Markdown table of the benchmark rows."""
+  head = ('| stage | dtype | batch | H | train img/s | plain img/s | sharded/plain | '
+          'stacked/1-hyp per hyp | infer img/s | compile s | MFU | peak MiB |')
+  lines = [f"device: {results['device']} x{results['num_devices']}", head,
+           '|' + '---|' * 12]
+  for r in results['rows']:
+    mfu = r.get('train_mfu')
+    mem = r.get('peak_memory_bytes')
+    lines.append(
+        f"| {r['stage']} | {r['dtype']} | {r['batch_size']} | {r['train_num_hyps']} | "
+        f"{r['train_images_per_s']:.1f} | {r['plain_train_images_per_s']:.1f} | "
+        f"{r['sharded_over_plain']:.2f} | {r.get('stacked_per_hyp_speedup', float('nan')):.2f} | "
+        f"{r['infer_images_per_s']:.1f} | {r['train_compile_s']:.1f} | "
+        f"{'-' if mfu is None else f'{100 * mfu:.1f}%'} | "
+        f"{'-' if mem is None else f'{mem / 2**20:.0f}'} |")
+  if 'rasterizer' in results:
+    lines.append(f"rasterizer: {json.dumps(results['rasterizer'], default=float)}")
+  if 'input_pipeline' in results:
+    lines.append(f"input pipeline: {json.dumps(results['input_pipeline'], default=float)}")
+  return '\n'.join(lines)

@@ -1,0 +1,113 @@
+r"""DeepSkeleton-JAX: 3D human pose estimation through skeleton maps.
+
+With no flags, runs the synthetic demo end to end (builds the dataset, trains
+Direct RGB, a 3-hypothesis SkeletonMapNet + regressor and a small hourglass,
+evaluates, writes ./workdir/demo/eval/report.md and figures):
+
+  python run.py
+
+General form (any config value can be overridden on the command line):
+
+  python run.py --config=configs/<experiment>.py[:arg] --workdir=DIR \
+      --mode=all|prepare|train|eval|predict|benchmark \
+      [--config.skeleton_net.train.batch_size=64 ...]
+
+Modes:
+  all        prepare (if needed), train `config.stages`, then eval.
+  prepare    build the config's TFDS dataset (manual files from
+             --config.data.manual_dir).
+  train      train the stages in `config.stages` (comma-separated), resuming
+             from the latest checkpoint.
+  eval       evaluate the trained stages on the test split: report.md,
+             results.json, figures under WORKDIR/eval.
+  predict    3D poses for your own images: --config.predict.images=a.jpg,b.jpg
+  benchmark  images/s of the train and inference steps (and references).
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+_REPO = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _REPO)  # so configs can import `configs.common`
+
+from deepskeleton_jax import config_lib  # pylint: disable=g-import-not-at-top
+from deepskeleton_jax import parallel  # pylint: disable=g-import-not-at-top
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', os.path.join(_REPO, 'configs', 'demo.py'),
+    'Experiment config file (configs/<name>.py[:arg]); values can be '
+    'overridden with --config.<group>.<key>=value.', lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None,
+    'Directory for checkpoints, metrics, reports and figures '
+    '(default: ./workdir/<config file name>).')
+_MODE = flags.DEFINE_enum(
+    'mode', 'all', ['all', 'prepare', 'train', 'eval', 'predict', 'benchmark'],
+    'What to run (see the module docstring).')
+
+
+def _default_workdir() -> str:
+  path = flags.FLAGS['config'].value if 'config' in flags.FLAGS else 'demo'
+  name = os.path.splitext(os.path.basename(str(path).split(':')[0]))[0]
+  return os.path.join('workdir', name or 'demo')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.INFO)
+  jax.config.update('jax_compilation_cache_dir', os.path.join(
+      os.path.expanduser('~'), '.cache', 'deepskeleton_jax', 'jax_cache'))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  config = config_lib.finalize(_CONFIG.value)
+  parallel.maybe_initialize_distributed(config.parallel)
+  workdir = _WORKDIR.value or _default_workdir()
+  mode = _MODE.value
+  logging.info('mode=%s workdir=%s devices=%s', mode, workdir, jax.devices())
+
+  modes = {'all': _all, 'prepare': _prepare, 'train': _train, 'eval': _eval,
+           'predict': _predict, 'benchmark': _benchmark}
+  modes[mode](config, workdir)
+
+
+def _prepare(config, workdir):
+  del workdir
+  from deepskeleton_jax import datasets_lib  # pylint: disable=g-import-not-at-top
+  datasets_lib.prepare(config.data)
+
+
+def _train(config, workdir):
+  from deepskeleton_jax import train  # pylint: disable=g-import-not-at-top
+  for stage in config_lib.stage_list(config):
+    train.train_stage(config, workdir, stage)
+
+
+def _eval(config, workdir):
+  from deepskeleton_jax import evaluate  # pylint: disable=g-import-not-at-top
+  evaluate.evaluate(config, workdir)
+
+
+def _predict(config, workdir):
+  from deepskeleton_jax import predict  # pylint: disable=g-import-not-at-top
+  predict.predict(config, workdir)
+
+
+def _benchmark(config, workdir):
+  from deepskeleton_jax import benchmark  # pylint: disable=g-import-not-at-top
+  benchmark.run(config, workdir)
+
+
+def _all(config, workdir):
+  _prepare(config, workdir)
+  _train(config, workdir)
+  _eval(config, workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)
