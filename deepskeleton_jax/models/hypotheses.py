@@ -1,0 +1,118 @@
+"""Stacked hypotheses: n copies of one model as one parameter tree.
+
+`init_stacked` initialises `num` independent copies of a Flax model (one per
+hypothesis configuration) as a single variable tree whose leaves carry a
+leading axis `num`; `apply_stacked` runs them with `jax.vmap` over that axis
+(and over the inputs' hypothesis axis), so all hypotheses train and predict
+in one jitted call and the leading axis can be sharded over a `hyp` mesh axis.
+
+Hypothesis i of `init_stacked(model, rng, num, ...)` is exactly
+`model.init(jax.random.split(rng, num)[i], ...)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+
+
+def _split_rngs(rngs: jax.Array | Mapping[str, jax.Array],
+                num: int) -> jax.Array | dict[str, jax.Array]:
+  if isinstance(rngs, Mapping):
+    return {k: jax.random.split(v, num) for k, v in rngs.items()}
+  return jax.random.split(rngs, num)
+
+
+def num_hypotheses(variables: PyTree) -> int:
+  """Size of the leading (hypothesis) axis of a stacked variable tree.
+
+  Args:
+    variables: stacked variables.
+
+  Returns:
+    The common leading dimension of all leaves.
+  """
+  sizes = {x.shape[0] if x.ndim else None for x in jax.tree.leaves(variables)}
+  if len(sizes) != 1 or None in sizes:
+    raise ValueError('variables must be a non-empty tree whose leaves share a '
+                     f'leading hypothesis axis, got leading sizes {sizes}')
+  return sizes.pop()
+
+
+def init_stacked(model: nn.Module, rng: jax.Array | Mapping[str, jax.Array],
+                 num: int, *inputs: Any, **kwargs: Any) -> PyTree:
+  """Initialises `num` independent copies of `model` as one stacked tree.
+
+  Args:
+    model: a Flax module.
+    rng: a PRNG key, or a dict of keys (e.g. {'params': k1, 'dropout': k2});
+      each is split into `num` keys, one per hypothesis.
+    num: number of hypotheses (>= 1).
+    *inputs: example inputs, shared by all copies (only their shapes matter).
+    **kwargs: static keyword arguments of `model.__call__` (e.g. train=False).
+
+  Returns:
+    The variables (e.g. {'params', 'batch_stats'}), every leaf with a leading
+    axis of size `num`.
+  """
+  if num < 1:
+    raise ValueError(f'num must be >= 1, got {num}')
+
+  def init_one(r, *xs):
+    return model.init(r, *xs, **kwargs)
+
+  init = jax.vmap(init_one, in_axes=(0,) + (None,) * len(inputs))
+  return jax.jit(init)(_split_rngs(rng, num), *inputs)
+
+
+def apply_stacked(model: nn.Module, variables: PyTree, *inputs: Any,
+                  in_axes: int | None | Sequence[int | None] = 0,
+                  rngs: jax.Array | Mapping[str, jax.Array] | None = None,
+                  **kwargs: Any) -> Any:
+  """Applies stacked hypotheses with `jax.vmap` over the leading axis.
+
+  Args:
+    model: the Flax module the variables belong to.
+    variables: stacked variables from `init_stacked` (or a slice of its
+      collections, e.g. with `params` replaced by the trained ones).
+    *inputs: model inputs; per `in_axes`, mapped over their hypothesis axis or
+      shared by all hypotheses.
+    in_axes: vmap axis of each input: one int/None for all inputs, or one per
+      input (0: input i feeds hypothesis i; None: the same input for all).
+    rngs: optional PRNG key or dict of keys (e.g. {'dropout': key}); each is
+      split so that every hypothesis gets its own stream.
+    **kwargs: keyword arguments of `model.apply`/`__call__`, not mapped (e.g.
+      train=True, mutable=['batch_stats']).
+
+  Returns:
+    What `model.apply` returns, with a leading hypothesis axis on every array
+    (with `mutable`, the tuple (outputs, updated stacked variables)).
+  """
+  num = num_hypotheses(variables)
+  if in_axes is None or isinstance(in_axes, int):
+    in_axes = (in_axes,) * len(inputs)
+  in_axes = tuple(in_axes)
+  if len(in_axes) != len(inputs):
+    raise ValueError(f'in_axes has {len(in_axes)} entries for {len(inputs)} '
+                     'inputs')
+  for i, (x, axis) in enumerate(zip(inputs, in_axes)):
+    if axis is not None:
+      size = jnp.shape(x)[axis]
+      if size != num:
+        raise ValueError(f'inputs[{i}] has size {size} on its hypothesis axis '
+                         f'{axis}, expected the number of hypotheses {num}')
+
+  if rngs is None:
+    def apply_one(v, *xs):
+      return model.apply(v, *xs, **kwargs)
+    return jax.vmap(apply_one, in_axes=(0,) + in_axes)(variables, *inputs)
+
+  def apply_one_rng(v, r, *xs):
+    return model.apply(v, *xs, rngs=r, **kwargs)
+  return jax.vmap(apply_one_rng, in_axes=(0, 0) + in_axes)(
+      variables, _split_rngs(rngs, num), *inputs)
