@@ -21,9 +21,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.util
+import os
 import pathlib
 import shutil
 import sys
+import threading
 from typing import Any
 
 from absl import logging
@@ -32,6 +34,7 @@ import tensorflow_datasets as tfds
 DATASETS_DIR = pathlib.Path(__file__).resolve().parent.parent / 'datasets'
 PREPARE_COMMAND = 'python run.py --mode=prepare --config=<your config file and overrides>'
 _MODULE_PREFIX = 'deepskeleton_jax_dataset_'  # No dot: TFDS would import a package.
+_LOAD_LOCK = threading.RLock()
 _BASE_FIELDS = frozenset(f.name for f in dataclasses.fields(tfds.core.BuilderConfig))
 
 
@@ -56,22 +59,23 @@ def load_module(name: str):
     ValueError: no such dataset.
   """
   module_name = _MODULE_PREFIX + name
-  if module_name in sys.modules:
-    return sys.modules[module_name]
-  path = DATASETS_DIR / name / f'{name}.py'
-  if not path.is_file():
-    raise ValueError(f'data.name: no dataset {name!r} ({path} does not exist); '
-                     f'available: {available()}')
-  spec = importlib.util.spec_from_file_location(module_name, path)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[module_name] = module
-  try:
-    with tfds.core.registered.skip_registration():
-      spec.loader.exec_module(module)
-  except BaseException:
-    del sys.modules[module_name]
-    raise
-  return module
+  with _LOAD_LOCK:  # Threads must not see a half-executed module.
+    if module_name in sys.modules:
+      return sys.modules[module_name]
+    path = DATASETS_DIR / name / f'{name}.py'
+    if not path.is_file():
+      raise ValueError(f'data.name: no dataset {name!r} ({path} does not '
+                       f'exist); available: {available()}')
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+      with tfds.core.registered.skip_registration():
+        spec.loader.exec_module(module)
+    except BaseException:
+      del sys.modules[module_name]
+      raise
+    return module
 
 
 def builder_class(name: str) -> type[tfds.core.GeneratorBasedBuilder]:
@@ -87,7 +91,8 @@ def builder_class(name: str) -> type[tfds.core.GeneratorBasedBuilder]:
   return found[0]
 
 
-def _to_dict(kwargs: Any) -> dict[str, Any]:
+def to_dict(kwargs: Any) -> dict[str, Any]:
+  """`builder_kwargs` (None, dict or ConfigDict) as a plain dict."""
   if kwargs is None:
     return {}
   if hasattr(kwargs, 'to_dict'):
@@ -149,7 +154,7 @@ def make_config(cls: type[tfds.core.GeneratorBasedBuilder],
   options = {f.name: getattr(default, f.name) for f in dataclasses.fields(default)
              if f.name not in _BASE_FIELDS}
   changed = {}
-  for key, value in sorted(_to_dict(builder_kwargs).items()):
+  for key, value in sorted(to_dict(builder_kwargs).items()):
     if key not in options:
       raise ValueError(f'data.builder_kwargs.{key}: not an option of {cls.name}; '
                        f'options: {sorted(options)}')
@@ -184,11 +189,17 @@ def get_builder(data_config: Any) -> tfds.core.GeneratorBasedBuilder:
   cls = builder_class(data_config.name)
   config = make_config(cls, getattr(data_config, 'builder_kwargs', None))
   data_dir = getattr(data_config, 'data_dir', None) or None
+  if data_dir:
+    data_dir = os.path.expanduser(data_dir)
   return cls(config=config, data_dir=data_dir, file_format='array_record')
 
 
-def _not_built_error(builder: tfds.core.DatasetBuilder) -> ValueError:
-  return ValueError(
+class DatasetNotBuiltError(FileNotFoundError):
+  """Reading a dataset that has not been built (prepared) yet."""
+
+
+def _not_built_error(builder: tfds.core.DatasetBuilder) -> DatasetNotBuiltError:
+  return DatasetNotBuiltError(
       f'Dataset {builder.name} (config {builder.builder_config.name}) is not '
       f'built in data_dir {builder.data_dir_root} (expected {builder.data_dir}). '
       f'Build it first with: {PREPARE_COMMAND}, using the same config, '
@@ -248,10 +259,16 @@ def data_source(data_config: Any, split: str, decode_image: bool = True):
     A sequence of example dicts (numpy values; text fields as bytes).
 
   Raises:
-    ValueError: the dataset is not built (the message gives the prepare
-      command and data_dir) or the split does not exist.
+    DatasetNotBuiltError: the dataset is not built (the message gives the
+      prepare command and the data_dir).
+    ValueError: the split does not exist.
   """
-  builder = get_builder(data_config)
+  return split_source(get_builder(data_config), split, decode_image)
+
+
+def split_source(builder: tfds.core.DatasetBuilder, split: str,
+                 decode_image: bool = True):
+  """`data_source` for an existing builder (see there)."""
   if not builder.is_prepared():
     raise _not_built_error(builder)
   base_split = split.split('[')[0]
@@ -260,4 +277,3 @@ def data_source(data_config: Any, split: str, decode_image: bool = True):
                      f'(splits: {sorted(builder.info.splits)})')
   decoders = None if decode_image else {'image': tfds.decode.SkipDecoding()}
   return builder.as_data_source(split, decoders=decoders)
-
