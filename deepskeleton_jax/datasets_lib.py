@@ -225,6 +225,11 @@ def prepare(data_config: Any) -> tfds.core.GeneratorBasedBuilder:
     logging.info('%s already built in %s', builder.name, builder.data_dir)
     return builder
   manual_dir = getattr(data_config, 'manual_dir', None) or None
+  if manual_dir:
+    manual_dir = os.path.expanduser(manual_dir)
+    if not os.path.isdir(manual_dir):
+      raise ValueError(f'data.manual_dir: {manual_dir} is not a directory '
+                       f'(expected the downloaded files of {builder.name})')
   root = pathlib.Path(builder.data_dir_root)
   dataset_dir = root / builder.name
   watched = [root, root / 'downloads', dataset_dir, dataset_dir / '.config',

@@ -1,0 +1,171 @@
+"""Tests of the dataset registry: loading by path, configs, prepare, errors."""
+
+import os
+import textwrap
+
+import ml_collections
+import numpy as np
+import pytest
+
+from deepskeleton_jax import datasets_lib
+
+# A small builder following the datasets/ rule, written into a temporary
+# datasets folder: it reads `numbers.txt` from the manual dir.
+_FAKE = '''
+"""A fake manual-download dataset."""
+import dataclasses
+import numpy as np
+import tensorflow_datasets as tfds
+
+
+@dataclasses.dataclass
+class ManualToyConfig(tfds.core.BuilderConfig):
+  scale: float = 1.0
+  fail_at: int = -1
+  tag: str = 'a'
+
+
+class ManualToy(tfds.core.GeneratorBasedBuilder):
+  VERSION = tfds.core.Version('1.0.0')
+  BUILDER_CONFIGS = [ManualToyConfig(name='default')]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = 'Put numbers.txt in the manual dir.'
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        'x': tfds.features.Tensor(shape=(), dtype=np.float32),
+        'tag': tfds.features.Text()}))
+
+  def _split_generators(self, dl_manager):
+    path = dl_manager.manual_dir / 'numbers.txt'
+    if not path.exists():
+      raise ValueError(f'{path} is missing')
+    values = [float(v) for v in path.read_text().split()]
+    return {'train': self._generate_examples(values)}
+
+  def _generate_examples(self, values):
+    cfg = self.builder_config
+    for i, v in enumerate(values):
+      if i == cfg.fail_at:
+        raise RuntimeError('simulated failure')
+      yield i, {'x': np.float32(v * cfg.scale), 'tag': cfg.tag}
+'''
+
+
+@pytest.fixture
+def fake_datasets(tmp_path, monkeypatch):
+  root = tmp_path / 'datasets'
+  (root / 'manual_toy').mkdir(parents=True)
+  (root / 'manual_toy' / 'manual_toy.py').write_text(textwrap.dedent(_FAKE))
+  (root / 'not_a_dataset').mkdir()
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  (manual / 'numbers.txt').write_text('1 2 3 4 5')
+  monkeypatch.setattr(datasets_lib, 'DATASETS_DIR', root)
+  return manual
+
+
+def _cfg(data_dir, name='manual_toy', manual_dir='', **kwargs):
+  return ml_collections.ConfigDict({'name': name, 'data_dir': str(data_dir),
+                                    'manual_dir': str(manual_dir),
+                                    'builder_kwargs': kwargs})
+
+
+def test_available_lists_the_repo_datasets():
+  assert 'synthetic' in datasets_lib.available()
+  assert datasets_lib.builder_class('synthetic').name == 'synthetic'
+
+
+def test_unknown_dataset_names_the_options():
+  with pytest.raises(ValueError, match="no dataset 'nope'.*available"):
+    datasets_lib.builder_class('nope')
+
+
+def test_config_names_are_deterministic():
+  cls = datasets_lib.builder_class('synthetic')
+  default = cls.BUILDER_CONFIGS[0]
+  assert datasets_lib.make_config(cls, {}) is default
+  assert datasets_lib.make_config(cls, {'num_train': default.num_train}) is default
+  a = datasets_lib.make_config(cls, {'num_train': 16, 'crop_size': 64})
+  b = datasets_lib.make_config(cls, ml_collections.ConfigDict(
+      {'crop_size': 64.0, 'num_train': 16, 'seed': default.seed}))
+  assert a.name == b.name == 'default-crop_size_64-num_train_16'
+  assert (a.num_train, a.crop_size, a.num_test) == (16, 64, default.num_test)
+  assert isinstance(b.crop_size, int)
+  assert datasets_lib.make_config(cls, {'num_train': 17}).name != a.name
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    ({'bogus': 1}, 'builder_kwargs.bogus: not an option'),
+    ({'num_train': 'many'}, 'builder_kwargs.num_train: expected'),
+    ({'num_train': 2.5}, 'builder_kwargs.num_train: expected'),
+])
+def test_bad_builder_kwargs(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    datasets_lib.make_config(datasets_lib.builder_class('synthetic'), kwargs)
+
+
+def test_options_go_to_different_directories(tmp_path):
+  a = datasets_lib.get_builder(_cfg(tmp_path, 'synthetic', num_train=16))
+  b = datasets_lib.get_builder(_cfg(tmp_path, 'synthetic', num_train=32))
+  c = datasets_lib.get_builder(_cfg(tmp_path, 'synthetic', num_train=16))
+  assert a.data_dir != b.data_dir and a.data_dir == c.data_dir
+  assert str(a.data_dir).startswith(str(tmp_path))
+
+
+def test_data_dir_expands_home(monkeypatch, tmp_path):
+  monkeypatch.setenv('HOME', str(tmp_path))
+  builder = datasets_lib.get_builder(_cfg('~/tfds', 'synthetic'))
+  assert str(builder.data_dir).startswith(str(tmp_path / 'tfds'))
+
+
+def test_reading_an_unbuilt_dataset_says_how_to_build_it(tmp_path):
+  with pytest.raises(datasets_lib.DatasetNotBuiltError) as e:
+    datasets_lib.data_source(_cfg(tmp_path / 'empty', 'synthetic'), 'train')
+  message = str(e.value)
+  assert 'python run.py --mode=prepare --config=' in message
+  assert str(tmp_path / 'empty') in message
+  assert not (tmp_path / 'empty').exists()  # Reading creates nothing.
+
+
+def test_prepare_reads_manual_dir_and_applies_kwargs(tmp_path, fake_datasets):
+  cfg = _cfg(tmp_path / 'data', manual_dir=fake_datasets, scale=2.0, tag='b')
+  builder = datasets_lib.prepare(cfg)
+  assert builder.builder_config.name == 'default-scale_2.0-tag_b'
+  source = datasets_lib.data_source(cfg, 'train')
+  values = sorted(float(source[i]['x']) for i in range(len(source)))
+  assert values == [2.0, 4.0, 6.0, 8.0, 10.0]
+  assert {source[i]['tag'] for i in range(len(source))} == {b'b'}
+  assert datasets_lib.prepare(cfg).is_prepared()  # A second call is a no-op.
+  with pytest.raises(ValueError, match="split 'test' not in manual_toy"):
+    datasets_lib.data_source(cfg, 'test')
+
+
+def _files(root):
+  return sorted(os.path.relpath(os.path.join(d, f), root)
+                for d, _, files in os.walk(root) for f in files)
+
+
+def test_failed_build_leaves_nothing_behind(tmp_path, fake_datasets):
+  data = tmp_path / 'data'
+  with pytest.raises(RuntimeError, match='simulated failure'):
+    datasets_lib.prepare(_cfg(data, manual_dir=fake_datasets, fail_at=3))
+  assert not data.exists()
+  # With a data dir already holding another build, only the new attempt goes.
+  good = _cfg(data, manual_dir=fake_datasets)
+  datasets_lib.prepare(good)
+  before = _files(data)
+  with pytest.raises(RuntimeError, match='simulated failure'):
+    datasets_lib.prepare(_cfg(data, manual_dir=fake_datasets, fail_at=3))
+  assert _files(data) == before
+  assert sorted(os.listdir(data / 'manual_toy')) == ['.config', 'default']
+  source = datasets_lib.data_source(good, 'train')
+  assert len(source) == 5 and np.isfinite(float(source[0]['x']))
+
+
+def test_missing_manual_files_are_reported(tmp_path, fake_datasets):
+  with pytest.raises(ValueError, match='data.manual_dir: .*nowhere is not a directory'):
+    datasets_lib.prepare(_cfg(tmp_path / 'data', manual_dir=tmp_path / 'nowhere'))
+  (fake_datasets / 'numbers.txt').rename(fake_datasets / 'other.txt')
+  with pytest.raises(ValueError, match='numbers.txt is missing'):
+    datasets_lib.prepare(_cfg(tmp_path / 'data', manual_dir=fake_datasets))
+  assert not (tmp_path / 'data').exists()
