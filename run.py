@@ -62,6 +62,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.INFO)
+  # Orbax logs every checkpoint phase at INFO; keep its warnings only.
+  logging.get_absl_handler().addFilter(
+      lambda r: r.levelno >= logging.WARNING or 'orbax' not in r.pathname)
   jax.config.update('jax_compilation_cache_dir', os.path.join(
       os.path.expanduser('~'), '.cache', 'deepskeleton_jax', 'jax_cache'))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)

@@ -464,3 +464,25 @@ def pckh_table(rows: Mapping[str, Mapping[str, Any]], *, split: bool = True,
                          f'from {PCKH_COLUMNS}, got {sorted(unknown)}')
       values[name] = {k: float(v) for k, v in row.items()}
   return _grid(values, PCKH_COLUMNS, split, deltas, precision)
+
+
+def generic_table(values_by_row: Mapping[str, Mapping[str, float]], *,
+                  precision: int = 1) -> str:
+  """Markdown table of {row: {column: value}} with an Avg (mean over columns).
+
+  For per-action errors of datasets whose actions are not Human3.6M's (e.g.
+  the synthetic set); columns in sorted order.
+
+  Args:
+    values_by_row: {method: {column: value}}.
+    precision: decimals.
+
+  Returns:
+    The Markdown text.
+  """
+  columns = sorted({c for row in values_by_row.values() for c in row})
+  values = {}
+  for name, row in values_by_row.items():
+    values[name] = {c: float(v) for c, v in row.items()}
+    values[name]['Avg'] = float(np.mean(list(row.values()))) if row else math.nan
+  return _grid(values, tuple(columns) + ('Avg',), False, False, precision)

@@ -353,6 +353,9 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str
       batch = parallel.global_batch(next(iterator), mesh)
       state, metrics = step_fn(state, batch, aux)
       done = step + 1
+      if step == start:  # Rates and ETA exclude compilation.
+        jax.block_until_ready(metrics)
+        t0, s0 = time.time(), done
       if done % tcfg.log_every == 0 or done == num_steps:
         last = _log(stage_name, state, metrics, tcfg, done, num_steps, t0, s0, writer)
       if tcfg.schedule == 'plateau' and done % tcfg.plateau_every == 0:
@@ -376,12 +379,13 @@ def _log(stage_name, state, metrics, tcfg, done, num_steps, t0, s0, writer):
   metrics = jax.device_get(metrics)
   _check_finite(state, tcfg)
   elapsed = time.time() - t0
-  steps_per_s = (done - s0) / max(elapsed, 1e-9)
+  steps_per_s = (done - s0) / elapsed if done > s0 and elapsed > 0 else float('nan')
   scalars = {**metrics, 'steps_per_s': steps_per_s,
              'images_per_s': steps_per_s * tcfg.batch_size,
              'nonfinite_steps': int(state.nonfinite_steps)}
   writer.write(done, scalars)
-  eta = metric_writer.format_eta((num_steps - done) / max(steps_per_s, 1e-9))
+  eta = ('?' if not steps_per_s > 0 else
+         metric_writer.format_eta((num_steps - done) / steps_per_s))
   logging.info('%s step %d/%d  loss %.4f  lr %.3g  %.2f steps/s  %.1f img/s  ETA %s',
                stage_name, done, num_steps, float(metrics['loss']),
                float(metrics['learning_rate']), steps_per_s,

@@ -1,0 +1,163 @@
+"""End-to-end tests of run.py's modes on configs/tiny.py.
+
+One module-scoped fixture builds the tiny synthetic set and trains every tiny
+stage for a few steps (in process); eval, predict and benchmark then run on
+it. Resuming is tested with two real `python run.py` processes. The sharded
+train step on 8 fake CPU devices is compared with a plain single-device step.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from deepskeleton_jax import benchmark
+from deepskeleton_jax import config_lib
+from deepskeleton_jax import datasets_lib
+from deepskeleton_jax import evaluate
+from deepskeleton_jax import parallel
+from deepskeleton_jax import predict
+from deepskeleton_jax import stages as stages_lib
+from deepskeleton_jax import train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from configs import tiny  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def tiny_config(data_dir):
+  config = tiny.get_config()
+  config.data.data_dir = str(data_dir)
+  return config_lib.finalize(config)
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  root = tmp_path_factory.mktemp('tiny')
+  config = tiny_config(root / 'tfds')
+  datasets_lib.prepare(config.data)
+  workdir = str(root / 'workdir')
+  for stage in config_lib.stage_list(config):
+    train.train_stage(config, workdir, stage)
+  return config, workdir
+
+
+def test_train_writes_metrics_and_checkpoints(trained):
+  config, workdir = trained
+  for stage in config_lib.stage_list(config):
+    lines = (pathlib.Path(workdir) / stage / 'metrics.jsonl').read_text().splitlines()
+    steps = [json.loads(l)['step'] for l in lines]
+    assert steps == [1, 2, 3], (stage, steps)
+    assert all(np.isfinite(json.loads(l)['loss']) for l in lines)
+    assert (pathlib.Path(workdir) / stage / 'checkpoints' / '3').is_dir()
+
+
+def test_eval_writes_results_and_report(trained):
+  config, workdir = trained
+  results = evaluate.evaluate(config, workdir)
+  out = pathlib.Path(workdir) / 'eval'
+  assert json.loads((out / 'results.json').read_text())['num_examples'] == 8
+  report = (out / 'report.md').read_text()
+  for row in ('Direct RGB', 'Ours w/o Mul-Hyp', 'Ours w Mul-Hyp', 'Oracle', 'GT Ske'):
+    assert row in report
+  # The oracle picks the least 3D error per example: never worse than any hypothesis.
+  hyp_rows = [v for k, v in results['mpjpe'].items() if k.startswith('hyp ')]
+  assert results['mpjpe']['Oracle'] <= min(hyp_rows) + 1e-3
+  assert list(out.glob('hypotheses_*.png'))
+
+
+def test_predict_on_a_real_image(trained, shared_data, tmp_path):
+  config, workdir = trained
+  image = shared_data / 'mpii_samples' / '004645041.jpg'
+  with config.unlocked():
+    config.predict.images = str(image)
+    config.predict.output_dir = str(tmp_path)
+  records = predict.predict(config, workdir)
+  assert np.asarray(records[0]['joints_3d_mm']).shape == (16, 3)
+  assert (tmp_path / '004645041.png').stat().st_size > 10_000
+  saved = json.loads((tmp_path / '004645041.json').read_text())
+  assert 0 <= saved['chosen_hypothesis'] < 2
+
+
+def test_predict_rejects_bad_boxes():
+  with pytest.raises(ValueError, match='config.predict.boxes'):
+    predict.parse_boxes('0 0 10', 1)
+
+
+def test_sharded_step_matches_single_device(trained):
+  """The same batch gives the same loss on a (4 data x 2 hyp) mesh and on one device."""
+  config, _ = trained
+  assert jax.device_count() == 8
+  with config.unlocked():
+    config.parallel.hyp_axis = 2
+  stage = stages_lib.build(config, 'regressor')
+  tcfg = config.regressor.train
+  tx = train.make_optimizer(tcfg)
+  rng = jax.random.PRNGKey(0)
+  norm = {'mean': np.zeros((16, 3), np.float32), 'std': np.float32(300.0)}
+  variables = jax.jit(lambda r: train.init_variables(stage, r))(rng)
+  state = train.create_state(variables, tx, norm, rng)
+  batch = benchmark.synthetic_batch(config, 8)
+  step = train.make_train_step(stage, tcfg)
+  plain_state, plain = jax.jit(step)(state, parallel.numeric_fields(batch), None)
+  mesh = parallel.make_mesh(2)
+  shard = parallel.stacked_sharding(mesh, state, stage.num_hyps)
+  sharded_fn = jax.jit(step, in_shardings=(shard, parallel.batch_sharding(mesh), None),
+                       out_shardings=(shard, parallel.replicated(mesh)))
+  sharded_state, sharded = sharded_fn(jax.device_put(state, shard),
+                                      parallel.global_batch(batch, mesh), None)
+  assert len(jax.tree_util.tree_leaves(sharded_state.params)[0].sharding.device_set) == 8
+  np.testing.assert_allclose(float(sharded['loss']), float(plain['loss']), rtol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(sharded_state.params),
+                  jax.tree_util.tree_leaves(plain_state.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
+
+
+def test_benchmark_prints_json(trained, capsys, tmp_path):
+  config, _ = trained
+  with config.unlocked():
+    config.benchmark.stages = 'direct_rgb'
+  results = benchmark.run(config, str(tmp_path))
+  line = capsys.readouterr().out.splitlines()[0]
+  parsed = json.loads(line)
+  assert parsed['rows'][0]['stage'] == 'direct_rgb'
+  assert parsed['rows'][0]['train_images_per_s'] > 0
+  assert results['rows'][0]['sharded_over_plain'] > 0
+
+
+def _run(args, workdir, data_dir):
+  env = dict(os.environ)
+  cmd = [sys.executable, str(REPO / 'run.py'), '--config=' + str(REPO / 'configs' / 'tiny.py'),
+         f'--workdir={workdir}', f'--config.data.data_dir={data_dir}'] + args
+  return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
+                        cwd=str(REPO))
+
+
+def test_resume_after_exit_continues_without_repeats(trained, tmp_path):
+  config, _ = trained
+  data_dir = config.data.data_dir
+  args = ['--mode=train', '--config.stages=direct_rgb', '--config.direct_rgb.train.checkpoint_every=2']
+  first = _run(args + ['--config.direct_rgb.train.num_steps=2'], tmp_path, data_dir)
+  assert first.returncode == 0, first.stderr[-3000:]
+  second = _run(args + ['--config.direct_rgb.train.num_steps=4'], tmp_path, data_dir)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert 'resumed from step 2' in second.stderr
+  lines = (tmp_path / 'direct_rgb' / 'metrics.jsonl').read_text().splitlines()
+  assert [json.loads(l)['step'] for l in lines] == [1, 2, 3, 4]
+
+
+def test_bad_config_value_names_the_key(tmp_path):
+  out = _run(['--mode=train', '--config.data.name=nope'], tmp_path, tmp_path)
+  assert out.returncode != 0
+  assert 'config.data.name' in out.stderr
+
+
+def test_unknown_config_key_fails(tmp_path):
+  out = _run(['--mode=train', '--config.train.nonexistent=1'], tmp_path, tmp_path)
+  assert out.returncode != 0
+  assert 'nonexistent' in out.stderr or 'train' in out.stderr
