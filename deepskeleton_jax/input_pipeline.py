@@ -41,6 +41,7 @@ import threading
 import types
 from typing import Any, Iterator
 
+import chex
 import grain
 import numpy as np
 
@@ -123,6 +124,9 @@ class ExampleTransform:
       index: the example's index in the split.
       rng: augmentation randomness, or None for no augmentation.
     """
+    chex.assert_shape([example['joints_2d'], example['visible'], example['joints_3d'],
+                       example['intrinsics'], example['crop_to_image']],
+                      [(K, 2), (K,), (K, 3), (4,), (2, 3)])
     image = example['image']
     if isinstance(image, bytes):
       image = image_ops.decode_image(image, name=f'example {index}')
@@ -301,6 +305,9 @@ class _LoadBatch:
 class BatchIterator(Iterator[dict[str, np.ndarray]]):
   """Iterator of numpy batches with checkpointable state.
 
+  A state restores into an iterator made with the same arguments and the
+  same `data_config.worker_count` (the state's layout depends on it).
+
   Attributes:
     num_batches: batches per process until the iterator ends (None: endless).
     batch_size: examples per batch on this process.
@@ -388,11 +395,12 @@ def make_iterator(data_config: Any, split: str, global_batch_size: int, *,
     if n < process_count:
       raise ValueError(f'split {split!r} has {n} examples, fewer than '
                        f'{process_count} processes')
-  else:
-    if drop_remainder:
-      num_batches = (n // process_count) * num_epochs // batch
-    else:
-      num_batches = -(-(-(-n // process_count) * num_epochs) // batch)
+  elif drop_remainder:  # As many full batches as the smallest shard gives.
+    num_batches = (n // process_count) * num_epochs // batch
+    length = num_batches * batch
+  else:  # Enough batches for the largest shard; the others pad.
+    largest = -(-n // process_count) * num_epochs
+    num_batches = -(-largest // batch)
     length = num_batches * batch
   plan = _EpochPlan(n, process_index, process_count, shuffle, seed, num_epochs, length)
   ds = plan.batch(batch, drop_remainder=False, batch_fn=list).map(
