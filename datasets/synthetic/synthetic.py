@@ -71,10 +71,11 @@ class Synthetic(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # Nothing to download.
     cfg = self.builder_config
-    for name in ('num_train', 'num_test', 'crop_size'):
-      if getattr(cfg, name) < (8 if name == 'crop_size' else 1):
-        raise ValueError(f'builder_kwargs.{name} must be positive (crop_size '
-                         f'>= 8), got {getattr(cfg, name)}')
+    for name, low in (('num_train', 1), ('num_test', 1), ('crop_size', 16),
+                      ('seed', 0)):
+      if getattr(cfg, name) < low:
+        raise ValueError(f'data.builder_kwargs.{name} must be >= {low}, got '
+                         f'{getattr(cfg, name)}')
     return {split: self._generate_examples(split) for split in _SPLITS}
 
   def _generate_examples(self, split: str):
