@@ -154,9 +154,8 @@ def test_equal_depths_tie_to_lower_bone_index():
   depth = np.full((3, 16), 5.0, np.float32)
   fg, bg = rasterize.skeleton_maps(joints, depth, 3.0, size, visible)
   np.testing.assert_array_equal(fg, bg)
-  ref_fg, _, _ = reference(joints, depth, 3.0, size, visible)
-  ref_amb = reference(joints, depth, 3.0, size, visible)[2]
-  np.testing.assert_array_equal(np.asarray(fg)[~ref_amb], ref_fg[~ref_amb])
+  ref_fg, _, ambiguous = reference(joints, depth, 3.0, size, visible)
+  np.testing.assert_array_equal(np.asarray(fg)[~ambiguous], ref_fg[~ambiguous])
 
 
 def test_invisible_joints_drop_their_bones():
@@ -180,14 +179,14 @@ def test_joints_outside_the_map():
   joints[1] = [200.0, 10.5]   # centre line; both ends far outside.
   visible = np.zeros(16, bool)
   visible[[0, 1]] = True
-  fg, bg = rasterize.skeleton_maps(joints, np.zeros(16), 3.0, size, visible)
+  fg, bg = rasterize.skeleton_maps(joints, np.zeros(16), 2.0, size, visible)
   expected = np.zeros((size, size, 3), np.float32)
-  expected[9:12] = skeleton.BONE_COLORS[0]  # |i + 0.5 - 10.5| <= 1.5.
+  expected[9:12] = skeleton.BONE_COLORS[0]  # |i + 0.5 - 10.5| <= 1 (inclusive).
   np.testing.assert_array_equal(fg, expected)
   np.testing.assert_array_equal(bg, expected)
   # With every joint visible, the other bones (towards (-500, -500)) miss the
   # map entirely and change nothing.
-  fg_all, _ = rasterize.skeleton_maps(joints, np.zeros(16), 3.0, size)
+  fg_all, _ = rasterize.skeleton_maps(joints, np.zeros(16), 2.0, size)
   np.testing.assert_array_equal(fg_all, expected)
 
 
