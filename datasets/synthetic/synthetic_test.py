@@ -160,3 +160,9 @@ def test_invalid_examples_are_rejected_and_counted(tmp_path, monkeypatch, caplog
     examples = list(builder._generate_examples('train'))
   assert [k for k, _ in examples] == [0, 2, 3, 5]
   assert any('4 examples written, 2 rejected' in r.getMessage() for r in caplog.records)
+
+
+def test_bad_options_fail_before_writing(tmp_path):
+  with pytest.raises(ValueError, match='builder_kwargs.crop_size must be >= 16'):
+    datasets_lib.prepare(_config(tmp_path / 'data', crop_size=4))
+  assert not (tmp_path / 'data').exists()
