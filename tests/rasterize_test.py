@@ -1,4 +1,4 @@
-"""Tests for deepskeleton_jax.rasterize against a brute-force NumPy reference."""
+"""Tests for deepskeleton_jax.rasterize against brute-force NumPy."""
 
 import jax
 import jax.numpy as jnp
@@ -38,8 +38,8 @@ def reference_one(joints, depth, width, size, visible):
         ((centre - pa) @ d) / l2, 0.0, 1.0)
     nearest = pa + t[..., None] * d
     dist2 = np.sum((centre - nearest) ** 2, -1)
-    z = np.where(t >= 1, depth[b],
-                 np.where(t <= 0, depth[a], depth[a] + t * (depth[b] - depth[a])))
+    lerp = depth[a] + t * (depth[b] - depth[a])
+    z = np.where(t >= 1, depth[b], np.where(t <= 0, depth[a], lerp))
     depths.append(np.where(dist2 <= r2, z, np.nan))
     close |= np.abs(dist2 - r2) < DIST_TOL
   z = np.stack(depths)  # [15, S, S], NaN = not covered.
