@@ -8,8 +8,8 @@ Direct RGB, a 3-hypothesis SkeletonMapNet and its regressors (on maps rendered
 from the labels, as in the paper's GT-map training), a small hourglass for the
 2D detections used in matching, then evaluates and writes
 workdir/demo/eval/report.md with the Table 2-style rows and figures.
-Models are narrow ResNets at 96-px input so everything fits a laptop CPU;
-stick widths are larger than the paper's 5-15 because the maps are 24 px.
+Models are narrow ResNets at 64-px input so everything fits a laptop CPU;
+stick widths are larger than the paper's 5-15 because the maps are 16 px.
 """
 
 from deepskeleton_jax import config_lib
@@ -21,8 +21,8 @@ def get_config(arg=None):
   c = config_lib.base_config()
   c.data.name = 'synthetic'
   c.data.data_dir = './workdir/tensorflow_datasets'
-  c.data.builder_kwargs = {'num_train': 3000, 'num_test': 300, 'crop_size': 144, 'seed': 0}
-  c.data.input_size = 96
+  c.data.builder_kwargs = {'num_train': 3000, 'num_test': 300, 'crop_size': 96, 'seed': 0}
+  c.data.input_size = 64
   # (c, l): the base hypothesis (1.0, 20) plus a thinner and a wider-crop one.
   c.hypotheses.crop_scales = (1.0, 1.0, 1.25)
   c.hypotheses.stick_widths = (20.0, 30.0, 20.0)
@@ -31,14 +31,14 @@ def get_config(arg=None):
   small = dict(stage_sizes=(1, 1, 1, 1), width=16)
   for name in ('skeleton_net', 'regressor', 'direct_rgb', 'ensemble'):
     c[name].model.update(small)
-    c[name].train.update(batch_size=32, num_steps=600, log_every=50, checkpoint_every=200,
+    c[name].train.update(batch_size=32, num_steps=400, log_every=25, checkpoint_every=200,
                          optimizer='adam', learning_rate=2e-3, weight_decay=0.0,
                          schedule='cosine')
   c.skeleton_net.model.decoder_width = 32
-  c.regressor.input_size = 96
+  c.regressor.input_size = 64
   c.hourglass.model.update(num_stacks=1, num_features=32, depth=3)
-  c.hourglass.input_size = 96
-  c.hourglass.train.update(batch_size=32, num_steps=600, log_every=50, checkpoint_every=200,
+  c.hourglass.input_size = 64
+  c.hourglass.train.update(batch_size=32, num_steps=400, log_every=25, checkpoint_every=200,
                            learning_rate=2e-3, schedule='cosine')
   c.eval.batch_size = 50
   c.eval.detections = 'hourglass'

@@ -160,7 +160,8 @@ def bench_inference(config, stage_name: str, batch_size: int, steps: int) -> dic
   @jax.jit
   def forward(variables, batch):
     inputs, _ = stage.make_inputs(batch, aux, norm)
-    return jax.tree_util.tree_leaves(stages_lib.apply_stacked(stage.model, variables, inputs))[-1]
+    return jax.tree_util.tree_leaves(
+        stages_lib.apply_stacked(stage.model, variables, inputs, method=stage.hyp_map))[-1]
 
   t0 = time.perf_counter()
   compiled = forward.lower(variables, batch).compile()

