@@ -117,7 +117,8 @@ def run(batch: int = 1024, size: int = 56,
   Returns:
     dict with poses/s and best ms for 'jax' and 'opencv', their `ratio`,
     `opencv_agreement` (fraction of fg and bg pixels OpenCV gets right),
-    compile time, device and CPU count.
+    `compile_s` (the first jax call: trace, compile, run), device, CPU
+    count and the `GLIBC_TUNABLES` setting.
   """
   joints, depth = random_poses(np.random.default_rng(seed), batch, size)
   render = jax.jit(rasterize.skeleton_maps, static_argnums=3)
@@ -129,6 +130,7 @@ def run(batch: int = 1024, size: int = 56,
   reference = opencv_maps(joints, depth, stick_width, size)
   agreement = float(np.mean(np.all(
       np.stack([fg, bg], 1) == reference, axis=-1)))
+  del fg, bg, reference
   jax_s, cv_s = float('inf'), float('inf')
   for _ in range(repeats):
     jax_s = min(jax_s, _seconds(lambda: jax.block_until_ready(
