@@ -22,6 +22,8 @@ Modes:
              results.json, figures under WORKDIR/eval.
   predict    3D poses for your own images: --config.predict.images=a.jpg,b.jpg
   benchmark  images/s of the train and inference steps (and references).
+  pseudo3d   lift a 2D dataset's people to 3D with a trained lifting stage
+             (MPII pseudo-3D labels; see deepskeleton_jax/pseudo3d.py).
 """
 
 import os
@@ -48,13 +50,13 @@ _WORKDIR = flags.DEFINE_string(
     'Directory for checkpoints, metrics, reports and figures '
     '(default: ./workdir/<config file name>).')
 _MODE = flags.DEFINE_enum(
-    'mode', 'all', ['all', 'prepare', 'train', 'eval', 'predict', 'benchmark'],
+    'mode', 'all', ['all', 'prepare', 'train', 'eval', 'predict', 'benchmark', 'pseudo3d'],
     'What to run (see the module docstring).')
 
 
 def _default_workdir() -> str:
-  path = flags.FLAGS['config'].value if 'config' in flags.FLAGS else 'demo'
-  name = os.path.splitext(os.path.basename(str(path).split(':')[0]))[0]
+  path = config_flags.get_config_filename(flags.FLAGS['config'])
+  name = os.path.splitext(os.path.basename(path))[0]
   return os.path.join('workdir', name or 'demo')
 
 
@@ -64,7 +66,7 @@ def main(argv):
   logging.set_verbosity(logging.INFO)
   # Orbax logs every checkpoint phase at INFO; keep its warnings only.
   logging.get_absl_handler().addFilter(
-      lambda r: r.levelno >= logging.WARNING or 'orbax' not in r.pathname)
+      lambda r: r.levelno >= 30 or 'orbax' not in r.pathname)  # 30: WARNING
   jax.config.update('jax_compilation_cache_dir', os.path.join(
       os.path.expanduser('~'), '.cache', 'deepskeleton_jax', 'jax_cache'))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
@@ -75,7 +77,7 @@ def main(argv):
   logging.info('mode=%s workdir=%s devices=%s', mode, workdir, jax.devices())
 
   modes = {'all': _all, 'prepare': _prepare, 'train': _train, 'eval': _eval,
-           'predict': _predict, 'benchmark': _benchmark}
+           'predict': _predict, 'benchmark': _benchmark, 'pseudo3d': _pseudo3d}
   modes[mode](config, workdir)
 
 
@@ -104,6 +106,11 @@ def _predict(config, workdir):
 def _benchmark(config, workdir):
   from deepskeleton_jax import benchmark  # pylint: disable=g-import-not-at-top
   benchmark.run(config, workdir)
+
+
+def _pseudo3d(config, workdir):
+  from deepskeleton_jax import pseudo3d  # pylint: disable=g-import-not-at-top
+  pseudo3d.write_pseudo_3d(config, workdir)
 
 
 def _all(config, workdir):

@@ -17,7 +17,7 @@ def get_config(arg=None):
   c.hypotheses.crop_scales = (1.0, 1.25)
   c.hypotheses.stick_widths = (40.0, 60.0)
   c.hypotheses.base = 0
-  c.stages = 'skeleton_net,regressor,direct_rgb,hourglass'
+  c.stages = 'skeleton_net,regressor,direct_rgb,hourglass,lifting'
   tiny = dict(stage_sizes=(1, 1, 1, 1), width=4)
   for name in ('skeleton_net', 'regressor', 'direct_rgb', 'ensemble'):
     c[name].model.update(tiny)

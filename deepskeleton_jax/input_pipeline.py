@@ -28,7 +28,8 @@ Batch fields (C = len(crop_scales), S = input_size): `image` [b, C, S, S, 3]
 uint8, `joints_2d` [b, C, 16, 2] input px, `input_to_image` [b, C, 2, 3],
 `intrinsics` [b, C, 4] input px, `head_size` [b, C] input px, `visible`
 [b, 16] bool, `joints_3d` [b, 16, 3] mm, `has_3d` [b], `has_intrinsics` [b],
-`index` [b] int32 (example index in the split, -1 on padding), `mask` [b],
+`index` [b] int32 (example index in the split, -1 on padding), `frame` [b]
+int32 (the stored frame / person id), `mask` [b],
 and str arrays `subject`, `action`, `camera`, `image_name` [b]. Skeleton maps
 are rendered on the device by the train step, not here.
 """
@@ -100,6 +101,7 @@ class ExampleTransform:
         'has_3d': np.zeros((size,), bool),
         'has_intrinsics': np.zeros((size,), bool),
         'index': np.full((size,), -1, np.int32),
+        'frame': np.zeros((size,), np.int32),
         'mask': np.zeros((size,), bool),
         **{k: [''] * size for k in STRING_FIELDS},
     }
@@ -195,6 +197,7 @@ class ExampleTransform:
     out['has_3d'][row] = bool(example['has_3d'])
     out['has_intrinsics'][row] = has_intr
     out['index'][row] = index
+    out['frame'][row] = int(example.get('frame', 0))
     out['mask'][row] = True
     for k in STRING_FIELDS:
       out[k][row] = _text(example[k])

@@ -161,3 +161,16 @@ def test_unknown_config_key_fails(tmp_path):
   out = _run(['--mode=train', '--config.train.nonexistent=1'], tmp_path, tmp_path)
   assert out.returncode != 0
   assert 'nonexistent' in out.stderr or 'train' in out.stderr
+
+
+def test_pseudo3d_lifts_every_person(trained, tmp_path):
+  config, workdir = trained
+  from deepskeleton_jax import pseudo3d  # pylint: disable=g-import-not-at-top
+  with config.unlocked():
+    config.predict.output_dir = str(tmp_path)
+  path = pseudo3d.write_pseudo_3d(config, workdir)
+  poses = np.load(path)
+  assert len(poses.files) == 16 + 8  # every train and test person of the tiny set
+  pose = poses[poses.files[0]]
+  assert pose.shape == (16, 3) and np.all(np.isfinite(pose))
+  np.testing.assert_allclose(pose[7], 0.0, atol=1e-3)  # root-relative (thorax)
