@@ -1,0 +1,208 @@
+"""Two real JAX processes (gloo over 127.0.0.1, 2 fake CPU devices each) vs one.
+
+No mocks: the processes are `tests/multihost_worker.py` or `run.py` launched
+with subprocess, joined by `jax.distributed`, with one global 4-device mesh.
+The invariance tested: training on the same global batches gives the same
+parameters whether the batch is fed by two processes (half the rows each,
+through `jax.make_array_from_process_local_data`) or by one process with 4
+devices, since every reduction (gradients, BatchNorm statistics) is over the
+global batch.
+
+Note: only process 0 writes JAX's persistent compilation cache, and process 1's
+cache keys differ (its devices do), so process 1 compiles every program each
+run; these tests are the slowest of the suite for that reason.
+"""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from deepskeleton_jax import checkpointing
+from deepskeleton_jax import datasets_lib
+from deepskeleton_jax import parallel
+from deepskeleton_jax import stages as stages_lib
+from deepskeleton_jax import train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import multihost_worker  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+WORKER = REPO / 'tests' / 'multihost_worker.py'
+TIMEOUT_S = 300
+NUM_STEPS = 3
+
+
+def _free_port() -> int:
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _env(local_devices: int, cache: bool) -> dict[str, str]:
+  env = dict(os.environ)
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={local_devices}'
+  env['JAX_PLATFORMS'] = 'cpu'
+  env['JAX_ENABLE_COMPILATION_CACHE'] = str(cache).lower()
+  return env
+
+
+def _run_all(cmds: list[list[str]], logs: list[pathlib.Path], local_devices: int,
+             cache: bool = True, timeout: float = TIMEOUT_S) -> None:
+  """Runs the commands concurrently; all must exit 0 within `timeout` seconds.
+
+  As soon as one fails (or time runs out) the others are killed: a process
+  left alone would otherwise wait at a collective for its dead peer.
+  """
+  procs = []
+  try:
+    for cmd, log in zip(cmds, logs):
+      with open(log, 'w') as f:
+        procs.append(subprocess.Popen(cmd, env=_env(local_devices, cache), stdout=f,
+                                      stderr=subprocess.STDOUT, cwd=str(REPO)))
+    deadline = time.monotonic() + timeout
+    while any(p.poll() is None for p in procs):
+      failed = [p for p in procs if p.poll() not in (None, 0)]
+      if failed or time.monotonic() > deadline:
+        break
+      time.sleep(0.2)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  report = '\n'.join(f'--- {log.name} (exit {p.returncode}):\n{log.read_text()[-3000:]}'
+                     for p, log in zip(procs, logs))
+  assert all(p.returncode == 0 for p in procs), report
+
+
+def _assert_same_updates(actual: dict, expected: dict, initial: dict, what: str) -> None:
+  """The updates (final - initial) agree to 1e-3 of each leaf's largest update.
+
+  Reduction order alone changes an update by ~1e-6 of itself, a parameter
+  with no true gradient (a bias before BatchNorm) by float noise (1e-5 of the
+  largest update of all allowed), and the stored value by a rounding step (2
+  ulps allowed); a real error (rows fed twice, BatchNorm statistics or
+  gradients of one process only) changes the updates by O(1) of themselves.
+  """
+  assert sorted(actual) == sorted(expected) == sorted(initial), what
+  updates = {k: expected[k] - initial[k] for k in expected}
+  overall = max(np.abs(u).max() for u in updates.values())
+  trained = 0
+  for key, want in updates.items():
+    scale = np.abs(want).max()
+    trained += scale > 1e-3 * overall
+    ulp = np.spacing(np.abs(expected[key]).max().astype(np.float32))
+    np.testing.assert_allclose(actual[key] - initial[key], want, rtol=0,
+                               atol=1e-3 * scale + 1e-5 * overall + 2 * ulp,
+                               err_msg=f'{what} {key}')
+  # Not all: residual branches behind zero-initialised BatchNorm scales and
+  # biases before BatchNorm barely move in 3 steps.
+  assert trained >= len(updates) // 5, f'{what}: only {trained} leaves trained'
+
+
+def test_two_processes_train_like_one(tmp_path):
+  """Regressor (2 stacked hypotheses): 3 steps in 2 processes == 1 process, 4 devices."""
+  port = _free_port()
+  cmds = [[sys.executable, str(WORKER), '--mode=steps', '--stage=regressor',
+           f'--num_steps={NUM_STEPS}', f'--port={port}', '--num_processes=2',
+           f'--process_id={i}', f'--out={tmp_path}'] for i in range(2)]
+  _run_all(cmds, [tmp_path / f'worker{i}.log' for i in range(2)], local_devices=2)
+  saved = dict(np.load(tmp_path / 'params.npz'))
+  losses = saved.pop('losses')
+
+  # The reference: this process, 4 of its 8 devices, the same global batches.
+  assert jax.process_count() == 1 and jax.device_count() >= 4
+  config = multihost_worker.sgd(multihost_worker.tiny_config(), 'regressor')
+  mesh = parallel.make_mesh(1, devices=jax.devices()[:4])
+  initial, expected, expected_losses = multihost_worker.run_steps(
+      config, 'regressor', mesh, NUM_STEPS)
+  np.testing.assert_allclose(losses, expected_losses, rtol=1e-5)
+  assert len(set(np.round(expected_losses, 5))) == NUM_STEPS  # training moved
+  _assert_same_updates(saved, expected, initial, 'regressor params')
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  """The tiny synthetic set with exactly one global batch (8) of train examples.
+
+  Each epoch is then one batch, so 1 and 2 processes see the same global rows
+  in the same order: process p reads positions [4p, 4p + 4) of the epoch's
+  permutation, the single process all 8.
+  """
+  path = tmp_path_factory.mktemp('tfds8')
+  config = multihost_worker.tiny_config(str(path))
+  with config.unlocked():
+    config.data.builder_kwargs.num_train = 8
+  datasets_lib.prepare(config.data)
+  return path
+
+
+def _run_py(workdir, data_dir, num_steps, process_id=None, port=None):
+  cmd = [sys.executable, str(REPO / 'run.py'), '--mode=train',
+         '--config=' + str(REPO / 'configs' / 'tiny.py'), f'--workdir={workdir}',
+         f'--config.data.data_dir={data_dir}', '--config.data.builder_kwargs.num_train=8',
+         '--config.stages=lifting', f'--config.lifting.train.num_steps={num_steps}',
+         '--config.lifting.train.checkpoint_every=2',
+         '--config.lifting.train.optimizer=sgd',  # see multihost_worker.sgd
+         '--config.lifting.train.learning_rate=0.05']
+  if process_id is None:
+    return cmd + ['--config.parallel.distributed=no']
+  return cmd + ['--config.parallel.distributed=yes',
+                f'--config.parallel.coordinator_address=127.0.0.1:{port}',
+                '--config.parallel.num_processes=2', f'--config.parallel.process_id={process_id}']
+
+
+def _two_processes(workdir, data_dir, num_steps, logs):
+  # Without the persistent cache both processes compile, and reach the first
+  # collective together: gloo waits only 30 s for a peer, and process 1 (whose
+  # cache keys differ; only process 0 writes the cache) would otherwise still
+  # be compiling what process 0 read from the cache.
+  port = _free_port()
+  _run_all([_run_py(workdir, data_dir, num_steps, i, port) for i in range(2)], logs,
+           local_devices=2, cache=False)
+
+
+def test_run_py_in_two_processes_writes_once_resumes_and_matches_one(data_dir, tmp_path):
+  """run.py --mode=train in 2 processes: one metrics file, a resumable checkpoint."""
+  multi, single = tmp_path / 'multi', tmp_path / 'single'
+  first = [tmp_path / f'first{i}.log' for i in range(2)]
+  _two_processes(multi, data_dir, 2, first)
+  for log in first:
+    assert '2 local / 4 global devices' in log.read_text()
+  stage_dir = multi / 'lifting'
+  steps = [json.loads(l)['step'] for l in (stage_dir / 'metrics.jsonl').read_text().splitlines()]
+  assert steps == [1, 2]  # process 1 wrote nothing
+  assert len(list((stage_dir / 'tensorboard').iterdir())) == 1
+  data = stage_dir / 'checkpoints' / '2' / 'data'
+  assert sorted(p.name for p in data.glob('process_*')) == ['process_0-of-2.json',
+                                                            'process_1-of-2.json']
+
+  second = [tmp_path / f'second{i}.log' for i in range(2)]
+  _two_processes(multi, data_dir, NUM_STEPS, second)
+  for log in second:
+    assert 'resumed from step 2' in log.read_text()
+  steps = [json.loads(l)['step'] for l in (stage_dir / 'metrics.jsonl').read_text().splitlines()]
+  assert steps == [1, 2, 3]
+
+  _run_all([_run_py(single, data_dir, NUM_STEPS)], [tmp_path / 'single.log'], local_devices=4)
+  got = checkpointing.load_variables(str(multi), 'lifting')
+  want = checkpointing.load_variables(str(single), 'lifting')
+  assert got['step'] == want['step'] == NUM_STEPS
+  # The initial variables, from the same key as train.train_stage uses.
+  config = multihost_worker.tiny_config(str(data_dir))
+  stage = stages_lib.build(config, 'lifting')
+  init_rng, _ = jax.random.split(jax.random.PRNGKey(config.lifting.train.seed))
+  initial = jax.jit(lambda r: train.init_variables(stage, r))(init_rng)
+  flat = multihost_worker.flatten
+  _assert_same_updates(flat(got['variables']), flat(want['variables']), flat(initial),
+                       'lifting variables')
+  for key, value in flat(want['norm']).items():
+    np.testing.assert_allclose(flat(got['norm'])[key], value, rtol=1e-6, err_msg=key)

@@ -1,0 +1,195 @@
+r"""One JAX process of a multi-process CPU run, launched by multihost_test.py.
+
+Each process joins a `jax.distributed` cluster over gloo on 127.0.0.1 and
+sees every process's fake CPU devices in one global mesh. Modes:
+
+  steps        a few train steps of a tiny stage on fixed synthetic global
+               batches (each process feeds its half of the rows); process 0
+               writes the gathered final parameters and the losses to
+               <out>/params.npz.
+  train_stage  `train.train_stage` on the tiny synthetic dataset (already
+               built in --data_dir), distributed through `config.parallel`.
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=2 JAX_PLATFORMS=cpu \
+  python tests/multihost_worker.py --mode=steps --port=12345 \
+      --num_processes=2 --process_id=0 --out=/tmp/mh
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+import traceback
+from typing import Any, Callable
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import tiny
+from deepskeleton_jax import benchmark
+from deepskeleton_jax import config_lib
+from deepskeleton_jax import parallel
+from deepskeleton_jax import stages as stages_lib
+from deepskeleton_jax import train
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+GLOBAL_BATCH = 8
+BATCH_SEED = 100  # synthetic batch of step i uses seed BATCH_SEED + i
+
+
+def tiny_config(data_dir: str = '', **parallel_cfg: Any) -> ml_collections.ConfigDict:
+  """configs/tiny.py, finalised, with optional data_dir and config.parallel values."""
+  config = tiny.get_config()
+  if data_dir:
+    config.data.data_dir = data_dir
+  config.parallel.update(parallel_cfg)
+  return config_lib.finalize(config)
+
+
+def sgd(config: ml_collections.ConfigDict, stage_name: str) -> ml_collections.ConfigDict:
+  """Plain SGD with momentum for `stage_name` (tiny.py trains with Adam).
+
+  Adam divides each gradient by its own magnitude, which turns float noise
+  in near-zero gradients into update-sized differences; with SGD, runs that
+  differ only in reduction order agree to float precision.
+  """
+  with config.unlocked():
+    config[stage_name].train.update(optimizer='sgd', learning_rate=0.05, momentum=0.9)
+  return config
+
+
+def run_steps(config: ml_collections.ConfigDict, stage_name: str, mesh: jax.sharding.Mesh,
+              num_steps: int, barrier: Callable[[], None] | None = None,
+              ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[float]]:
+  """Trains `stage_name` for `num_steps` on fixed synthetic global batches.
+
+  The state is created and sharded as `train.train_stage` does; each process
+  passes rows [p b, (p + 1) b) of every global batch to `parallel.global_batch`.
+
+  Args:
+    config: finalised config.
+    stage_name: the stage to train.
+    mesh: the global mesh.
+    num_steps: number of steps.
+    barrier: called after compiling, before the first multi-device execution.
+
+  Returns:
+    {parameter path: value} of the initial and of the final parameters
+    (gathered from all processes), and the losses per step.
+  """
+  stage = stages_lib.build(config, stage_name)
+  tcfg = config[stage_name].train
+  tx = train.make_optimizer(tcfg)
+  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(tcfg.seed))
+  norm = {'mean': np.zeros((16, 3), np.float32), 'std': np.float32(300.0)}
+  variables = jax.jit(lambda r: train.init_variables(stage, r))(init_rng)
+  abstract = jax.eval_shape(lambda v, r: train.create_state(v, tx, norm, r),
+                            variables, state_rng)
+  sharding = parallel.stacked_sharding(mesh, abstract, stage.num_hyps)
+  local = parallel.local_batch_size(GLOBAL_BATCH, mesh)
+  rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+  batches = [parallel.global_batch(
+      {k: v[rows] for k, v in benchmark.synthetic_batch(
+          config, GLOBAL_BATCH, seed=BATCH_SEED + i).items()}, mesh)
+             for i in range(num_steps)]
+  create = jax.jit(lambda v, r: train.create_state(v, tx, norm, r),
+                   out_shardings=sharding).lower(variables, state_rng).compile()
+  abstract = jax.tree_util.tree_map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, sharding)
+  step = jax.jit(train.make_train_step(stage, tcfg),
+                 in_shardings=(sharding, parallel.batch_sharding(mesh),
+                               parallel.replicated(mesh)),
+                 out_shardings=(sharding, parallel.replicated(mesh)),
+                 donate_argnums=(0,)).lower(abstract, batches[0], None).compile()
+  if barrier is not None:
+    barrier()
+  state = create(variables, state_rng)
+  losses = []
+  for batch in batches:
+    state, metrics = step(state, batch, None)
+    losses.append(float(metrics['loss']))
+  final = multihost_utils.process_allgather(state.params, tiled=True)
+  return flatten(variables['params']), flatten(final), losses
+
+
+def flatten(tree: Any) -> dict[str, np.ndarray]:
+  """{path string: numpy value} of a pytree of fully addressable arrays."""
+  return {jax.tree_util.keystr(k): np.asarray(v)
+          for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def file_barrier(directory: str, name: str, timeout_s: float = 240.0) -> None:
+  """Waits until every process has reached this point (files in `directory`).
+
+  Used instead of a collective: gloo gives a peer only 30 s to join the first
+  collective, and process 1 may still be compiling what process 0 read from
+  the persistent cache (only process 0 writes it).
+  """
+  pathlib.Path(directory, f'{name}.{jax.process_index()}').touch()
+  deadline = time.monotonic() + timeout_s
+  while not all(pathlib.Path(directory, f'{name}.{i}').exists()
+                for i in range(jax.process_count())):
+    if time.monotonic() > deadline:
+      raise TimeoutError(f'barrier {name!r}: not every process arrived in {timeout_s} s')
+    time.sleep(0.05)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--mode', choices=('steps', 'train_stage'), required=True)
+  parser.add_argument('--port', type=int, required=True)
+  parser.add_argument('--num_processes', type=int, default=2)
+  parser.add_argument('--process_id', type=int, required=True)
+  parser.add_argument('--out', required=True, help='output directory / workdir')
+  parser.add_argument('--stage', default='regressor')
+  parser.add_argument('--num_steps', type=int, default=3)
+  parser.add_argument('--hyp_axis', type=int, default=1)
+  parser.add_argument('--data_dir', default='')
+  args = parser.parse_args()
+  address = f'127.0.0.1:{args.port}'
+
+  if args.mode == 'steps':
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(coordinator_address=address,
+                               num_processes=args.num_processes,
+                               process_id=args.process_id, initialization_timeout=60)
+    config = sgd(tiny_config(hyp_axis=args.hyp_axis), args.stage)
+    mesh = parallel.make_mesh(args.hyp_axis)
+    _, params, losses = run_steps(config, args.stage, mesh, args.num_steps,
+                               barrier=lambda: file_barrier(args.out, 'compiled'))
+    if jax.process_index() == 0:
+      np.savez(os.path.join(args.out, 'params.npz'), losses=np.array(losses), **params)
+  else:
+    logging.set_verbosity(logging.INFO)
+    # The distributed set-up run.py does, through config.parallel.
+    config = tiny_config(args.data_dir, distributed='yes', coordinator_address=address,
+                         num_processes=args.num_processes, process_id=args.process_id)
+    with config.unlocked():
+      config[args.stage].train.num_steps = args.num_steps
+    parallel.maybe_initialize_distributed(config.parallel)
+    last = train.train_stage(config, args.out, args.stage)
+    with open(os.path.join(args.out, f'result_{jax.process_index()}.json'), 'w') as f:
+      json.dump({'process_count': jax.process_count(),
+                 'device_count': jax.device_count(), 'last': last}, f)
+  jax.distributed.shutdown()
+
+
+if __name__ == '__main__':
+  try:
+    main()
+  except BaseException:  # pylint: disable=broad-except
+    traceback.print_exc()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)  # Not sys.exit: JAX's exit handler would wait for the peer.
