@@ -17,7 +17,9 @@ import os
 from typing import Any
 
 import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from etils import epath
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -120,6 +122,7 @@ def load_variables(workdir: str, stage: str) -> dict[str, Any]:
   """
   path = checkpoint_dir(workdir, stage)
   mngr = ocp.CheckpointManager(path, item_names=('state', 'data'),
+                               item_handlers={'state': ocp.StandardCheckpointHandler()},
                                options=ocp.CheckpointManagerOptions(create=False)) \
       if os.path.isdir(path) else None
   step = mngr.latest_step() if mngr is not None else None
@@ -128,8 +131,14 @@ def load_variables(workdir: str, stage: str) -> dict[str, Any]:
         f'no checkpoint of stage {stage!r} in {path}: train it first with '
         f'`python run.py --mode=train --config=... --config.stages={stage} '
         f'--workdir={workdir}`')
+  # Replicated over this run's devices: the saved shardings may name devices
+  # that do not exist here (e.g. trained by 2 processes, evaluated by 1).
+  replicated = NamedSharding(Mesh(np.array(jax.devices()), ('d',)), P())
+  target = jax.tree_util.tree_map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated),
+      mngr.item_metadata(step)['state'])
   restored = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore()))['state']
+      state=ocp.args.StandardRestore(target)))['state']
   variables = {'params': restored['params']}
   if restored.get('batch_stats'):
     variables['batch_stats'] = restored['batch_stats']

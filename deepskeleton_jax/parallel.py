@@ -48,8 +48,9 @@ def maybe_initialize_distributed(parallel: ml_collections.ConfigDict) -> None:
     kwargs = dict(coordinator_address=parallel.coordinator_address,
                   num_processes=int(parallel.num_processes),
                   process_id=int(parallel.process_id))
-    if jax.default_backend() == 'cpu' or os.environ.get('JAX_PLATFORMS') == 'cpu':
-      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    # Cross-process CPU collectives (gloo is JAX's default; only affects the CPU
+    # backend). Never query the backend here: that initialises it too early.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.distributed.initialize(**kwargs)
   logging.info('jax.distributed: process %d of %d, %d local / %d global devices',
                jax.process_index(), jax.process_count(), jax.local_device_count(),

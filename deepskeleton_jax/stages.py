@@ -158,7 +158,10 @@ def _pose_targets(batch, norm):
 
 def _pose_loss(pred, targets, batch):
   del batch
-  dist = jnp.linalg.norm(pred.astype(jnp.float32) - targets['pose'], axis=-1).mean(-1)
+  diff = pred.astype(jnp.float32) - targets['pose']
+  # Clamped as in regressor.pose_loss: the lifting MLP's root joint equals its
+  # target (both 0) exactly, where the plain norm's gradient is NaN.
+  dist = jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(diff), axis=-1), 1e-12)).mean(-1)
   w = targets['weight']
   loss = jnp.sum(dist * w) / jnp.maximum(jnp.sum(w), 1.0)
   return loss, {}

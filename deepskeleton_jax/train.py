@@ -231,6 +231,10 @@ def pose_norm(config: ml_collections.ConfigDict, max_examples: int = 4096) -> di
   return {'mean': mean.astype(np.float32), 'std': np.float32(max(std, 1e-3))}
 
 
+class Preempted(Exception):
+  """Raised after SIGTERM once the checkpoint is saved (run.py exits with 0)."""
+
+
 class _Preemption:
   """Turns SIGTERM into a flag the loop checks (save, then exit cleanly)."""
 
@@ -290,6 +294,7 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str
 
   Raises:
     FloatingPointError: with `nonfinite='stop'`, naming the first bad step.
+    Preempted: after SIGTERM, once a checkpoint of the current step is saved.
   """
   stage = stages_lib.build(config, stage_name)
   tcfg = config[stage_name].train
@@ -370,9 +375,10 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str
         if not saved:  # Orbax refuses to save a step twice.
           _check_finite(state, tcfg)
           checkpointing.save(mngr, done, state, iterator)
-        logging.warning('%s: stopped at step %d after SIGTERM; rerun to resume',
-                        stage_name, done)
-        break
+        writer.close()
+        mngr.close()
+        raise Preempted(f'{stage_name}: stopped at step {done} after SIGTERM with a '
+                        'checkpoint saved; rerun the same command to resume')
   writer.close()
   mngr.close()
   return last
