@@ -1,24 +1,19 @@
 r"""One JAX process of a multi-process CPU run, launched by multihost_test.py.
 
-Each process joins a `jax.distributed` cluster over gloo on 127.0.0.1 and
-sees every process's fake CPU devices in one global mesh. Modes:
-
-  steps        a few train steps of a tiny stage on fixed synthetic global
-               batches (each process feeds its half of the rows); process 0
-               writes the gathered final parameters and the losses to
-               <out>/params.npz.
-  train_stage  `train.train_stage` on the tiny synthetic dataset (already
-               built in --data_dir), distributed through `config.parallel`.
+Each process joins a `jax.distributed` cluster over gloo on 127.0.0.1, sees
+every process's fake CPU devices in one global mesh, and trains a tiny stage
+for a few steps on fixed synthetic global batches (each process feeding its
+share of the rows); process 0 writes the gathered final parameters and the
+losses to <out>/params.npz. `run_steps` is also the single-process reference.
 
   XLA_FLAGS=--xla_force_host_platform_device_count=2 JAX_PLATFORMS=cpu \
-  python tests/multihost_worker.py --mode=steps --port=12345 \
-      --num_processes=2 --process_id=0 --out=/tmp/mh
+  python tests/multihost_worker.py --port=12345 --num_processes=2 \
+      --process_id=0 --out=/tmp/mh
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import sys
@@ -26,7 +21,6 @@ import time
 import traceback
 from typing import Any, Callable
 
-from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import ml_collections
@@ -48,12 +42,11 @@ GLOBAL_BATCH = 8
 BATCH_SEED = 100  # synthetic batch of step i uses seed BATCH_SEED + i
 
 
-def tiny_config(data_dir: str = '', **parallel_cfg: Any) -> ml_collections.ConfigDict:
-  """configs/tiny.py, finalised, with optional data_dir and config.parallel values."""
+def tiny_config(data_dir: str = '') -> ml_collections.ConfigDict:
+  """configs/tiny.py, finalised, with an optional data_dir."""
   config = tiny.get_config()
   if data_dir:
     config.data.data_dir = data_dir
-  config.parallel.update(parallel_cfg)
   return config_lib.finalize(config)
 
 
@@ -147,41 +140,23 @@ def file_barrier(directory: str, name: str, timeout_s: float = 240.0) -> None:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--mode', choices=('steps', 'train_stage'), required=True)
   parser.add_argument('--port', type=int, required=True)
   parser.add_argument('--num_processes', type=int, default=2)
   parser.add_argument('--process_id', type=int, required=True)
-  parser.add_argument('--out', required=True, help='output directory / workdir')
+  parser.add_argument('--out', required=True, help='output directory')
   parser.add_argument('--stage', default='regressor')
   parser.add_argument('--num_steps', type=int, default=3)
-  parser.add_argument('--hyp_axis', type=int, default=1)
-  parser.add_argument('--data_dir', default='')
   args = parser.parse_args()
-  address = f'127.0.0.1:{args.port}'
-
-  if args.mode == 'steps':
-    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize(coordinator_address=address,
-                               num_processes=args.num_processes,
-                               process_id=args.process_id, initialization_timeout=60)
-    config = sgd(tiny_config(hyp_axis=args.hyp_axis), args.stage)
-    mesh = parallel.make_mesh(args.hyp_axis)
-    _, params, losses = run_steps(config, args.stage, mesh, args.num_steps,
-                               barrier=lambda: file_barrier(args.out, 'compiled'))
-    if jax.process_index() == 0:
-      np.savez(os.path.join(args.out, 'params.npz'), losses=np.array(losses), **params)
-  else:
-    logging.set_verbosity(logging.INFO)
-    # The distributed set-up run.py does, through config.parallel.
-    config = tiny_config(args.data_dir, distributed='yes', coordinator_address=address,
-                         num_processes=args.num_processes, process_id=args.process_id)
-    with config.unlocked():
-      config[args.stage].train.num_steps = args.num_steps
-    parallel.maybe_initialize_distributed(config.parallel)
-    last = train.train_stage(config, args.out, args.stage)
-    with open(os.path.join(args.out, f'result_{jax.process_index()}.json'), 'w') as f:
-      json.dump({'process_count': jax.process_count(),
-                 'device_count': jax.device_count(), 'last': last}, f)
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address=f'127.0.0.1:{args.port}',
+                             num_processes=args.num_processes,
+                             process_id=args.process_id, initialization_timeout=60)
+  config = sgd(tiny_config(), args.stage)
+  mesh = parallel.make_mesh(config.parallel.hyp_axis)
+  _, params, losses = run_steps(config, args.stage, mesh, args.num_steps,
+                                barrier=lambda: file_barrier(args.out, 'compiled'))
+  if jax.process_index() == 0:
+    np.savez(os.path.join(args.out, 'params.npz'), losses=np.array(losses), **params)
   jax.distributed.shutdown()
 
 
