@@ -65,7 +65,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.INFO)
   # Orbax logs every checkpoint phase at INFO; keep its warnings only.
-  logging.get_absl_handler().addFilter(
+  logging.get_absl_logger().addFilter(
       lambda r: r.levelno >= 30 or 'orbax' not in r.pathname)  # 30: WARNING
   jax.config.update('jax_compilation_cache_dir', os.path.join(
       os.path.expanduser('~'), '.cache', 'deepskeleton_jax', 'jax_cache'))

@@ -40,9 +40,10 @@ def get_config(arg=None):
   # SkeletonMapNet's maps are blurry, and a regressor trained only on sharp
   # rendered maps transfers poorly to them (measured: 316 vs 150 mm).
   c.regressor.input = 'predicted'
-  c.hourglass.model.update(num_stacks=1, num_features=32, depth=3)
+  c.hourglass.model.update(num_stacks=1, num_features=64, depth=3)
+  c.hourglass.sigma = 2.0  # 16-px heatmaps: wider Gaussians train faster
   c.hourglass.input_size = 64
-  c.hourglass.train.update(batch_size=32, num_steps=400, log_every=25, checkpoint_every=200,
+  c.hourglass.train.update(batch_size=32, num_steps=1000, log_every=50, checkpoint_every=500,
                            learning_rate=3e-3, schedule='cosine')
   c.eval.batch_size = 50
   c.eval.detections = 'hourglass'

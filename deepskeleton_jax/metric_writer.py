@@ -41,6 +41,7 @@ class MetricWriter:
     if not self._enabled:
       return
     values = {k: _to_float(v) for k, v in scalars.items()}
+    values = {k: v for k, v in values.items() if np.isfinite(v)}
     self._jsonl.write(json.dumps({'step': int(step), **values}) + '\n')
     self._jsonl.flush()
     if self._tb is not None:

@@ -296,6 +296,13 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str
     FloatingPointError: with `nonfinite='stop'`, naming the first bad step.
     Preempted: after SIGTERM, once a checkpoint of the current step is saved.
   """
+  # SIGTERM during set-up or compilation is honoured after the first step.
+  with _Preemption() as preempt:
+    return _train_stage(config, workdir, stage_name, preempt)
+
+
+def _train_stage(config, workdir, stage_name, preempt):
+  """`train_stage` with the SIGTERM flag already installed."""
   stage = stages_lib.build(config, stage_name)
   tcfg = config[stage_name].train
   mesh = parallel.make_mesh(config.parallel.hyp_axis)
@@ -354,31 +361,30 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str
                jax.device_count())
   eval_loss = None
   t0, s0 = time.time(), start
-  with _Preemption() as preempt:
-    for step in range(start, num_steps):
-      batch = parallel.global_batch(next(iterator), mesh)
-      state, metrics = step_fn(state, batch, aux)
-      done = step + 1
-      if step == start:  # Rates and ETA exclude compilation.
-        jax.block_until_ready(metrics)
-        t0, s0 = time.time(), done
-      if done % tcfg.log_every == 0 or done == num_steps:
-        last = _log(stage_name, state, metrics, tcfg, done, num_steps, t0, s0, writer)
-      if tcfg.schedule == 'plateau' and done % tcfg.plateau_every == 0:
-        eval_loss = eval_loss or jax.jit(make_eval_loss(stage))
-        state = _plateau(config, stage, state, eval_loss, aux, mesh, tcfg, writer, done)
-      saved = done % tcfg.checkpoint_every == 0 or done == num_steps
-      if saved:
+  for step in range(start, num_steps):
+    batch = parallel.global_batch(next(iterator), mesh)
+    state, metrics = step_fn(state, batch, aux)
+    done = step + 1
+    if step == start:  # Rates and ETA exclude compilation.
+      jax.block_until_ready(metrics)
+      t0, s0 = time.time(), done
+    if done % tcfg.log_every == 0 or done == num_steps:
+      last = _log(stage_name, state, metrics, tcfg, done, num_steps, t0, s0, writer)
+    if tcfg.schedule == 'plateau' and done % tcfg.plateau_every == 0:
+      eval_loss = eval_loss or jax.jit(make_eval_loss(stage))
+      state = _plateau(config, stage, state, eval_loss, aux, mesh, tcfg, writer, done)
+    saved = done % tcfg.checkpoint_every == 0 or done == num_steps
+    if saved:
+      _check_finite(state, tcfg)
+      checkpointing.save(mngr, done, state, iterator)
+    if preempt.any_process():
+      if not saved:  # Orbax refuses to save a step twice.
         _check_finite(state, tcfg)
         checkpointing.save(mngr, done, state, iterator)
-      if preempt.any_process():
-        if not saved:  # Orbax refuses to save a step twice.
-          _check_finite(state, tcfg)
-          checkpointing.save(mngr, done, state, iterator)
-        writer.close()
-        mngr.close()
-        raise Preempted(f'{stage_name}: stopped at step {done} after SIGTERM with a '
-                        'checkpoint saved; rerun the same command to resume')
+      writer.close()
+      mngr.close()
+      raise Preempted(f'{stage_name}: stopped at step {done} after SIGTERM with a '
+                      'checkpoint saved; rerun the same command to resume')
   writer.close()
   mngr.close()
   return last

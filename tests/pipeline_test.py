@@ -90,11 +90,14 @@ def test_predict_rejects_bad_boxes():
 
 
 def test_sharded_step_matches_single_device(trained):
-  """The same batch gives the same loss on a (4 data x 2 hyp) mesh and on one device."""
+  """The same batch gives the same loss and update on a (4 data x 2 hyp) mesh and on one device."""
   config, _ = trained
   assert jax.device_count() == 8
   with config.unlocked():
     config.parallel.hyp_axis = 2
+    # SGD: Adam divides by tiny gradients and amplifies float rounding noise.
+    config.regressor.train.optimizer = 'sgd'
+    config.regressor.train.learning_rate = 0.1
   stage = stages_lib.build(config, 'regressor')
   tcfg = config.regressor.train
   tx = train.make_optimizer(tcfg)
@@ -102,6 +105,7 @@ def test_sharded_step_matches_single_device(trained):
   norm = {'mean': np.zeros((16, 3), np.float32), 'std': np.float32(300.0)}
   variables = jax.jit(lambda r: train.init_variables(stage, r))(rng)
   state = train.create_state(variables, tx, norm, rng)
+  before = [np.asarray(x) for x in jax.tree_util.tree_leaves(state.params)]
   batch = benchmark.synthetic_batch(config, 8)
   step = train.make_train_step(stage, tcfg)
   plain_state, plain = jax.jit(step)(state, parallel.numeric_fields(batch), None)
@@ -113,9 +117,11 @@ def test_sharded_step_matches_single_device(trained):
                                       parallel.global_batch(batch, mesh), None)
   assert len(jax.tree_util.tree_leaves(sharded_state.params)[0].sharding.device_set) == 8
   np.testing.assert_allclose(float(sharded['loss']), float(plain['loss']), rtol=1e-5)
-  for a, b in zip(jax.tree_util.tree_leaves(sharded_state.params),
-                  jax.tree_util.tree_leaves(plain_state.params)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
+  for a, b, x0 in zip(jax.tree_util.tree_leaves(sharded_state.params),
+                      jax.tree_util.tree_leaves(plain_state.params), before):
+    update_a, update_b = np.asarray(a) - x0, np.asarray(b) - x0
+    scale = max(np.abs(update_b).max(), 1e-12)
+    np.testing.assert_allclose(update_a / scale, update_b / scale, atol=1e-3)
 
 
 def test_benchmark_prints_json(trained, capsys, tmp_path):

@@ -125,13 +125,15 @@ class StackedHourglass(nn.Module):
                                      dtype=self.dtype, name=name)
     conv1x1 = lambda c, name: nn.Conv(c, (1, 1), dtype=self.dtype, name=name)
 
+    # The stem's widths follow F (Newell's 64 and 128 at F = 256), so narrow
+    # test/demo models are not dominated by a full-width stem at S/2.
     x = x.astype(self.dtype)
-    x = nn.Conv(64, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)),
+    x = nn.Conv(max(f // 4, 8), (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)),
                 dtype=self.dtype, name='stem_conv')(x)
     x = nn.relu(norm('stem_bn')(x))
-    x = Residual(128, self.dtype, name='stem_res1')(x, train)
+    x = Residual(max(f // 2, 8), self.dtype, name='stem_res1')(x, train)
     x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    x = Residual(128, self.dtype, name='stem_res2')(x, train)
+    x = Residual(max(f // 2, 8), self.dtype, name='stem_res2')(x, train)
     x = Residual(f, self.dtype, name='stem_res3')(x, train)
 
     heatmaps = []
