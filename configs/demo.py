@@ -31,7 +31,7 @@ def get_config(arg=None):
   small = dict(stage_sizes=(1, 1, 1, 1), width=16)
   for name in ('skeleton_net', 'regressor', 'direct_rgb', 'ensemble'):
     c[name].model.update(small)
-    c[name].train.update(batch_size=32, num_steps=400, log_every=25, checkpoint_every=200,
+    c[name].train.update(batch_size=32, num_steps=500, log_every=25, checkpoint_every=250,
                          optimizer='adam', learning_rate=2e-3, weight_decay=0.0,
                          schedule='cosine')
   c.skeleton_net.model.decoder_width = 32
@@ -43,7 +43,7 @@ def get_config(arg=None):
   c.hourglass.model.update(num_stacks=1, num_features=64, depth=3)
   c.hourglass.sigma = 2.0  # 16-px heatmaps: wider Gaussians train faster
   c.hourglass.input_size = 64
-  c.hourglass.train.update(batch_size=32, num_steps=1000, log_every=50, checkpoint_every=500,
+  c.hourglass.train.update(batch_size=32, num_steps=1600, log_every=50, checkpoint_every=800,
                            learning_rate=3e-3, schedule='cosine')
   c.eval.batch_size = 50
   c.eval.detections = 'hourglass'

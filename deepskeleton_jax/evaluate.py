@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from deepskeleton_jax import camera
 from deepskeleton_jax import checkpointing
 from deepskeleton_jax import config_lib
 from deepskeleton_jax import input_pipeline
@@ -133,7 +134,6 @@ def _to_host(x):
 
 def _detections_from_file(path: str, batch: dict[str, np.ndarray], unit: int) -> np.ndarray:
   """Published detections (original-image pixels, indexed by example) -> input pixels."""
-  from deepskeleton_jax import camera  # pylint: disable=g-import-not-at-top
   dets = hourglass.load_detections(path)
   dets = dets[0] if isinstance(dets, tuple) else dets
   idx = batch['index']
@@ -268,10 +268,8 @@ def score(config: ml_collections.ConfigDict, data: dict[str, np.ndarray]) -> dic
 def _project_like(pose, dets, vis, intr):
   """2D of a root-relative 3D pose, placed by fitting to the detections."""
   if intr is None:
-    from deepskeleton_jax import camera  # pylint: disable=g-import-not-at-top
     s, o = camera.fit_scaled_orthographic(pose, dets, vis.astype(np.float32))
     return np.asarray(pose[..., :2] * s[..., None, None] + o[..., None, :])
-  from deepskeleton_jax import camera  # pylint: disable=g-import-not-at-top
   t = matching.fit_root_translation(pose[:, None], dets, vis, intr)[:, 0]
   return np.asarray(camera.project_intrinsics(pose + np.asarray(t)[:, None], intr))
 

@@ -38,7 +38,6 @@ from deepskeleton_jax.models import skeleton_net
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-POSE_STAGES = ('regressor', 'direct_rgb', 'ensemble', 'lifting')
 
 
 def _dtype(name: str):
