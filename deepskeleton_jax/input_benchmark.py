@@ -126,13 +126,6 @@ def table(result: dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Experiment config file (uses its `data` group, after '
-    'config_lib.finalize fills data.crop_scales).')
-_BATCH = flags.DEFINE_integer('batch_size', 32, 'Examples per batch.')
-_BATCHES = flags.DEFINE_integer('num_batches', 10, 'Batches per measurement.')
-
-
 def main(argv: list[str]) -> None:
   del argv
   if _CONFIG.value is None:
@@ -144,4 +137,11 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
+  # Flags are defined only when run as a script, so importing this module
+  # (e.g. from run.py's benchmark mode) does not clash with run.py's --config.
+  _CONFIG = config_flags.DEFINE_config_file(
+      'config', None, 'Experiment config file (uses its `data` group, after '
+      'config_lib.finalize fills data.crop_scales).')
+  _BATCH = flags.DEFINE_integer('batch_size', 32, 'Examples per batch.')
+  _BATCHES = flags.DEFINE_integer('num_batches', 10, 'Batches per measurement.')
   app.run(main)
