@@ -112,7 +112,6 @@ def bench_train_step(config, stage_name: str, batch_size: int, steps: int,
   if stage.needs:
     aux = jax.jit(lambda r: train_lib.init_variables(
         stages_lib.build(config, stage.needs), r))(rng)
-  step = train_lib.make_train_step(stage, tcfg)
   batch = synthetic_batch(config, batch_size)
   if sharded:
     mesh = parallel.make_mesh(config.parallel.hyp_axis)
@@ -121,14 +120,12 @@ def bench_train_step(config, stage_name: str, batch_size: int, steps: int,
     state = jax.jit(lambda v: train_lib.create_state(v, tx, norm, rng),
                     out_shardings=state_sh)(variables)
     batch = parallel.global_batch(batch, mesh)
-    jitted = jax.jit(step, in_shardings=(state_sh, parallel.batch_sharding(mesh),
-                                         parallel.replicated(mesh)),
-                     out_shardings=(state_sh, parallel.replicated(mesh)), donate_argnums=(0,))
+    jitted = train_lib.jit_train_step(stage, tcfg, mesh, state_sh)
   else:
     device = jax.devices()[0]
     state = jax.device_put(train_lib.create_state(variables, tx, norm, rng), device)
     batch = jax.device_put(parallel.numeric_fields(batch), device)
-    jitted = jax.jit(step, donate_argnums=(0,))
+    jitted = jax.jit(train_lib.make_train_step(stage, tcfg), donate_argnums=(0,))
   t0 = time.perf_counter()
   compiled = jitted.lower(state, batch, aux).compile()
   compile_s = time.perf_counter() - t0

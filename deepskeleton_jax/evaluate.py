@@ -68,8 +68,7 @@ def make_predict_fn(config: ml_collections.ConfigDict, loaded: dict[str, Any]):
   base = config.hypotheses.base
   method = stages_lib.hyp_map_method(config)
 
-  def images_at(batch, idx):
-    return jnp.moveaxis(stages_lib.normalize_images(batch['image'][:, idx]), 1, 0)
+  images_at = stages_lib.images_at
 
   def regress(name, variables, norm, maps):
     model = loaded[name]['stage'].model

@@ -54,6 +54,11 @@ def root_relative(joints_3d: jax.Array) -> jax.Array:
   return joints_3d - joints_3d[..., skeleton.ROOT:skeleton.ROOT + 1, :]
 
 
+def images_at(batch: dict[str, jax.Array], crop_idx: np.ndarray) -> jax.Array:
+  """Normalised crops per hypothesis: [b, C, S, S, 3] uint8 -> [H, b, S, S, 3]."""
+  return jnp.moveaxis(normalize_images(batch['image'][:, crop_idx]), 1, 0)
+
+
 def resize_square(x: jax.Array, size: int) -> jax.Array:
   """Bilinear resize of [..., h, w, c] to [..., size, size, c]."""
   if x.shape[-2] == size and x.shape[-3] == size:
@@ -196,9 +201,6 @@ def _build(config: ml_collections.ConfigDict, name: str) -> Stage:
   widths = np.array([w for _, w in hyps], np.float32)
   unit = unit_crop_index(config)
   base = config.hypotheses.base
-
-  def images_at(batch, idx):
-    return jnp.moveaxis(normalize_images(batch['image'][:, idx]), 1, 0)
 
   if name == 'skeleton_net':
     cfg = config.skeleton_net

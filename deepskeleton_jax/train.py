@@ -193,6 +193,16 @@ def make_train_step(stage: stages_lib.Stage, train_cfg: ml_collections.ConfigDic
   return step
 
 
+def jit_train_step(stage: stages_lib.Stage, train_cfg: ml_collections.ConfigDict,
+                   mesh, state_sharding: Any):
+  """The train step jitted over `mesh`: batch on `data`, state donated."""
+  return jax.jit(make_train_step(stage, train_cfg),
+                 in_shardings=(state_sharding, parallel.batch_sharding(mesh),
+                               parallel.replicated(mesh)),
+                 out_shardings=(state_sharding, parallel.replicated(mesh)),
+                 donate_argnums=(0,))
+
+
 def make_eval_loss(stage: stages_lib.Stage):
   """Returns `fn(state, batch, aux) -> mean loss over hypotheses` in eval mode."""
   def fn(state: TrainState, batch, aux):
@@ -344,11 +354,7 @@ def _train_stage(config, workdir, stage_name, preempt):
     state = jax.jit(lambda v, r: create_state(v, tx, norm, r),
                     out_shardings=state_sharding)(variables, state_rng)
 
-  step_fn = jax.jit(make_train_step(stage, tcfg),
-                    in_shardings=(state_sharding, parallel.batch_sharding(mesh),
-                                  parallel.replicated(mesh)),
-                    out_shardings=(state_sharding, parallel.replicated(mesh)),
-                    donate_argnums=(0,))
+  step_fn = jit_train_step(stage, tcfg, mesh, state_sharding)
   writer = metric_writer.MetricWriter(stage_dir)
   start = int(state.step)
   num_steps = int(tcfg.num_steps)
