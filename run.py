@@ -79,10 +79,11 @@ def main(argv):
   modes = {'all': _all, 'prepare': _prepare, 'train': _train, 'eval': _eval,
            'predict': _predict, 'benchmark': _benchmark, 'pseudo3d': _pseudo3d}
   from deepskeleton_jax import train  # pylint: disable=g-import-not-at-top
-  try:
-    modes[mode](config, workdir)
-  except train.Preempted as e:
-    logging.warning('%s', e)  # A clean stop: exit status 0, nothing else runs.
+  with parallel.fail_fast():
+    try:
+      modes[mode](config, workdir)
+    except train.Preempted as e:
+      logging.warning('%s', e)  # A clean stop: exit status 0, nothing else runs.
 
 
 def _prepare(config, workdir):

@@ -145,6 +145,9 @@ def base_config() -> ml_collections.ConfigDict:
       'coordinator_address': '',
       'num_processes': 0,
       'process_id': -1,
+      # A process whose heartbeat stops this long counts as dead: the others
+      # then fail with an error naming it (instead of waiting at a collective).
+      'heartbeat_timeout_s': 100,
   })
   return c
 

@@ -173,6 +173,8 @@ def collect(config: ml_collections.ConfigDict, workdir: str) -> dict[str, np.nda
   seen, t0 = 0, time.time()
   for i, local in enumerate(it):
     out = predict(variables, norms, parallel.global_batch(local, mesh))
+    if i == 0:  # Every process has compiled `predict` before the first gather.
+      parallel.barrier('eval predict compiled')
     out = {k: _to_host(v) for k, v in out.items()}
     if 'maps' in out:
       out['maps'] = np.moveaxis(out['maps'], 0, 1)  # [b, H, s, s, 6]

@@ -8,7 +8,10 @@ shard of every global batch; `global_batch` assembles the global array with
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
+import sys
 from typing import Any
 
 from absl import logging
@@ -51,10 +54,81 @@ def maybe_initialize_distributed(parallel: ml_collections.ConfigDict) -> None:
     # Cross-process CPU collectives (gloo is JAX's default; only affects the CPU
     # backend). Never query the backend here: that initialises it too early.
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  jax.distributed.initialize(**kwargs)
+  jax.distributed.initialize(heartbeat_timeout_seconds=int(parallel.heartbeat_timeout_s),
+                             **kwargs)
   logging.info('jax.distributed: process %d of %d, %d local / %d global devices',
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())
+
+
+@contextlib.contextmanager
+def fail_fast():
+  """In a multi-process run, an exception ends this process at once (exit 1).
+
+  Python's normal exit calls `jax.distributed.shutdown`, which waits up to
+  5 minutes for the other processes, and they may be blocked at a barrier or
+  collective waiting for this one: both would hang, then abort. Exiting
+  instead stops this process's heartbeat, so the others fail within
+  `config.parallel.heartbeat_timeout_s` with an error naming it. The
+  traceback is logged first. Single-process runs raise as usual.
+
+  Yields:
+    Nothing.
+  """
+  try:
+    yield
+  except Exception:  # pylint: disable=broad-except
+    if not jax.distributed.is_initialized():
+      raise
+    logging.exception('process %d failed; exiting without waiting for the other '
+                      'processes (they stop once its heartbeat times out)',
+                      jax.process_index())
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)  # pylint: disable=protected-access
+
+
+_BARRIER_COUNT = itertools.count()
+
+
+def barrier(name: str, timeout_s: float = 3600.0) -> None:
+  """Blocks until every process reaches this barrier (no-op in one process).
+
+  The wait goes through the `jax.distributed` coordination service, not a
+  device collective, so it may be long: gloo's CPU collectives give up after
+  30 s without a peer, which a process still compiling (another read the
+  program from the persistent cache) easily exceeds.
+
+  Args:
+    name: what the processes wait for (in errors); every process must call
+      the same barriers in the same order.
+    timeout_s: how long to wait for the slowest process.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  key = f'deepskeleton_jax/{next(_BARRIER_COUNT)}/{name}'
+  distributed.global_state.client.wait_at_barrier(key, timeout_in_ms=int(timeout_s * 1000))
+
+
+def compile_together(jitted: Any, name: str, *args: Any) -> Any:
+  """Compiles `jitted` for `args` ahead of time, then waits for all processes.
+
+  A program with cross-process collectives must not start on one process
+  while another is still compiling it (see `barrier`).
+
+  Args:
+    jitted: a `jax.jit` function.
+    name: names the barrier.
+    *args: example arguments (arrays or `jax.ShapeDtypeStruct`s).
+
+  Returns:
+    The compiled executable; call it with arguments like `args`.
+  """
+  compiled = jitted.lower(*args).compile()
+  barrier(f'compiled {name}')
+  return compiled
 
 
 def make_mesh(hyp_axis: int = 1, devices=None) -> Mesh:

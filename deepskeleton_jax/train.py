@@ -369,6 +369,8 @@ def _train_stage(config, workdir, stage_name, preempt):
   t0, s0 = time.time(), start
   for step in range(start, num_steps):
     batch = parallel.global_batch(next(iterator), mesh)
+    if step == start:
+      step_fn = parallel.compile_together(step_fn, f'{stage_name} train step', state, batch, aux)
     state, metrics = step_fn(state, batch, aux)
     done = step + 1
     if step == start:  # Rates and ETA exclude compilation.
@@ -377,7 +379,9 @@ def _train_stage(config, workdir, stage_name, preempt):
     if done % tcfg.log_every == 0 or done == num_steps:
       last = _log(stage_name, state, metrics, tcfg, done, num_steps, t0, s0, writer)
     if tcfg.schedule == 'plateau' and done % tcfg.plateau_every == 0:
-      eval_loss = eval_loss or jax.jit(make_eval_loss(stage))
+      if eval_loss is None:  # Eval batches have the train batches' shapes.
+        eval_loss = parallel.compile_together(jax.jit(make_eval_loss(stage)),
+                                              f'{stage_name} eval loss', state, batch, aux)
       state = _plateau(config, stage, state, eval_loss, aux, mesh, tcfg, writer, done)
     saved = done % tcfg.checkpoint_every == 0 or done == num_steps
     if saved:

@@ -113,7 +113,7 @@ def test_two_processes_train_like_one(tmp_path):
   port = _free_port()
   cmds = [[sys.executable, str(WORKER), '--stage=regressor',
            f'--num_steps={NUM_STEPS}', f'--port={port}', '--num_processes=2',
-           f'--process_id={i}', f'--out={tmp_path}'] for i in range(2)]
+           f'--process_id={i}', f'--out={tmp_path}', '--compile_delay_s=35'] for i in range(2)]
   _run_all(cmds, [tmp_path / f'worker{i}.log' for i in range(2)], local_devices=2)
   saved = dict(np.load(tmp_path / 'params.npz'))
   losses = saved.pop('losses')
@@ -160,13 +160,13 @@ def _run_py(workdir, data_dir, num_steps, process_id=None, port=None):
 
 
 def _two_processes(workdir, data_dir, num_steps, logs):
-  # Without the persistent cache both processes compile, and reach the first
-  # collective together: gloo waits only 30 s for a peer, and process 1 (whose
-  # cache keys differ; only process 0 writes the cache) would otherwise still
-  # be compiling what process 0 read from the cache.
+  # With the persistent cache, process 0 reads programs that process 1 (whose
+  # cache keys differ) still compiles for tens of seconds; gloo waits only
+  # 30 s for a peer at a collective, so this also tests that run.py compiles
+  # the train step on every process before any process runs it.
   port = _free_port()
   _run_all([_run_py(workdir, data_dir, num_steps, i, port) for i in range(2)], logs,
-           local_devices=2, cache=False)
+           local_devices=2)
 
 
 def test_run_py_in_two_processes_writes_once_resumes_and_matches_one(data_dir, tmp_path):
@@ -205,3 +205,41 @@ def test_run_py_in_two_processes_writes_once_resumes_and_matches_one(data_dir, t
                        'lifting variables')
   for key, value in flat(want['norm']).items():
     np.testing.assert_allclose(flat(got['norm'])[key], value, rtol=1e-6, err_msg=key)
+
+
+def test_run_py_fails_fast_when_one_process_fails(data_dir, tmp_path):
+  """Process 1 cannot read its data: it exits at once, process 0 soon after.
+
+  Without `parallel.fail_fast` both would wait for each other for 5 minutes
+  (process 0 at a barrier, process 1 in `jax.distributed.shutdown`), then abort.
+  """
+  port = _free_port()
+  cmds = [_run_py(tmp_path / 'work', data_dir if i == 0 else tmp_path / 'missing', 2, i, port)
+          + ['--config.parallel.heartbeat_timeout_s=10'] for i in range(2)]
+  logs = [tmp_path / f'fail{i}.log' for i in range(2)]
+  procs = []
+  for cmd, log in zip(cmds, logs):
+    with open(log, 'w') as f:
+      procs.append(subprocess.Popen(cmd, env=_env(2, True), stdout=f,
+                                    stderr=subprocess.STDOUT, cwd=str(REPO)))
+  start, ended = time.monotonic(), {}
+  try:
+    while len(ended) < 2 and time.monotonic() - start < 150:
+      for i, p in enumerate(procs):
+        if i not in ended and p.poll() is not None:
+          ended[i] = time.monotonic() - start
+      time.sleep(0.2)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  texts = [log.read_text() for log in logs]
+  report = '\n'.join(f'--- process {i}:\n{t[-2000:]}' for i, t in enumerate(texts))
+  assert sorted(ended) == [0, 1], f'still running after 150 s: {report}'
+  assert procs[1].returncode == 1 and procs[0].returncode != 0, report
+  assert str(tmp_path / 'missing') in texts[1], report  # the error names the path
+  assert 'process 1 failed' in texts[1], report
+  # Process 0 noticed the missing heartbeat (10 s) instead of waiting 5 minutes.
+  assert 'stopped sending heartbeats' in texts[0], report
+  assert ended[0] - ended[1] < 60, (ended, report)

@@ -122,22 +122,6 @@ def flatten(tree: Any) -> dict[str, np.ndarray]:
           for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def file_barrier(directory: str, name: str, timeout_s: float = 240.0) -> None:
-  """Waits until every process has reached this point (files in `directory`).
-
-  Used instead of a collective: gloo gives a peer only 30 s to join the first
-  collective, and process 1 may still be compiling what process 0 read from
-  the persistent cache (only process 0 writes it).
-  """
-  pathlib.Path(directory, f'{name}.{jax.process_index()}').touch()
-  deadline = time.monotonic() + timeout_s
-  while not all(pathlib.Path(directory, f'{name}.{i}').exists()
-                for i in range(jax.process_count())):
-    if time.monotonic() > deadline:
-      raise TimeoutError(f'barrier {name!r}: not every process arrived in {timeout_s} s')
-    time.sleep(0.05)
-
-
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--port', type=int, required=True)
@@ -146,6 +130,8 @@ def main() -> None:
   parser.add_argument('--out', required=True, help='output directory')
   parser.add_argument('--stage', default='regressor')
   parser.add_argument('--num_steps', type=int, default=3)
+  parser.add_argument('--compile_delay_s', type=float, default=0.0,
+                      help='process 1 sleeps this long before compiling')
   args = parser.parse_args()
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.distributed.initialize(coordinator_address=f'127.0.0.1:{args.port}',
@@ -153,8 +139,10 @@ def main() -> None:
                              process_id=args.process_id, initialization_timeout=60)
   config = sgd(tiny_config(), args.stage)
   mesh = parallel.make_mesh(config.parallel.hyp_axis)
+  if jax.process_index() == 1:
+    time.sleep(args.compile_delay_s)
   _, params, losses = run_steps(config, args.stage, mesh, args.num_steps,
-                                barrier=lambda: file_barrier(args.out, 'compiled'))
+                                barrier=lambda: parallel.barrier('compiled'))
   if jax.process_index() == 0:
     np.savez(os.path.join(args.out, 'params.npz'), losses=np.array(losses), **params)
   jax.distributed.shutdown()

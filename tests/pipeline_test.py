@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 
 from deepskeleton_jax import benchmark
+from deepskeleton_jax import checkpointing
 from deepskeleton_jax import config_lib
 from deepskeleton_jax import datasets_lib
 from deepskeleton_jax import evaluate
+from deepskeleton_jax import metric_writer
 from deepskeleton_jax import parallel
 from deepskeleton_jax import predict
 from deepskeleton_jax import stages as stages_lib
@@ -180,3 +182,51 @@ def test_pseudo3d_lifts_every_person(trained, tmp_path):
   pose = poses[poses.files[0]]
   assert pose.shape == (16, 3) and np.all(np.isfinite(pose))
   np.testing.assert_allclose(pose[7], 0.0, atol=1e-3)  # root-relative (thorax)
+
+
+
+def _replay_plateau(vals, patience, factor):
+  """The plateau rule, independently: lr_scale after each validation loss."""
+  best, bad, scale, out = np.inf, 0, 1.0, []
+  for v in vals:
+    if v < best - 1e-6:
+      best, bad = v, 0
+    else:
+      bad += 1
+      if bad >= patience:
+        scale, bad = scale * factor, 0
+    out.append(scale)
+  return out
+
+
+def test_plateau_schedule_decays_after_patience(trained, tmp_path):
+  config, _ = trained
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.direct_rgb.train.update(schedule='plateau', plateau_every=1, plateau_patience=1,
+                                   num_steps=4, checkpoint_every=4)
+  tcfg = config.direct_rgb.train
+  train.train_stage(config, str(tmp_path), 'direct_rgb')
+  records = [json.loads(l) for l in
+             (tmp_path / 'direct_rgb' / 'metrics.jsonl').read_text().splitlines()]
+  vals = [r for r in records if 'val_loss' in r]
+  assert [r['step'] for r in vals] == [1, 2, 3, 4]
+  scales = _replay_plateau([r['val_loss'] for r in vals], 1, tcfg.decay_factor)
+  np.testing.assert_allclose([r['lr_scale'] for r in vals], scales, rtol=1e-6)
+  # The rate of step k + 1 carries the scale decided at step k.
+  rates = {r['step']: r['learning_rate'] for r in records if 'learning_rate' in r}
+  np.testing.assert_allclose([rates[k] for k in (2, 3, 4)],
+                             [tcfg.learning_rate * s for s in scales[:3]], rtol=1e-5)
+
+  # The same state evaluated twice cannot improve: the second call decays.
+  stage = stages_lib.build(config, 'direct_rgb')
+  mesh = parallel.make_mesh(1)
+  state = checkpointing.load_variables(str(tmp_path), 'direct_rgb')
+  tx = train.make_optimizer(tcfg)
+  state = train.create_state(state['variables'], tx, state['norm'], jax.random.PRNGKey(0))
+  eval_loss = jax.jit(train.make_eval_loss(stage))
+  writer = metric_writer.MetricWriter(str(tmp_path / 'again'))
+  for want in (1.0, tcfg.decay_factor, tcfg.decay_factor ** 2):
+    state = train._plateau(config, stage, state, eval_loss, None, mesh, tcfg, writer, 0)  # pylint: disable=protected-access
+    np.testing.assert_allclose(float(state.lr_scale), want, rtol=1e-6)
+  writer.close()
