@@ -3,8 +3,10 @@
 For each stage in `config.benchmark.stages`, batch size and dtype: images/s of
 the jitted, donated train step under the global mesh and of the inference
 forward pass, compile time, XLA's FLOP count and the model FLOPs utilisation
-(MFU) where the device's peak is known, and peak device memory where the
-backend reports it. References measured in the same run: the same train step
+(MFU) where the device's peak is known, the train step's memory from XLA's
+buffer assignment (every backend) and the device's running peak where the
+backend reports it. The grid is stages x dtypes x remat x grad_accum x batch
+sizes. References measured in the same run: the same train step
 as a plain unsharded single-device jit (ratio = sharded / plain), the stacked
 H-hypothesis step per hypothesis vs a one-hypothesis step, the rasterizer vs
 OpenCV, and the input pipeline. Prints one JSON line and a table, and writes
@@ -69,12 +71,29 @@ def _peak_flops(dtype: str) -> float | None:
   return None
 
 
-def _peak_memory() -> int | None:
+def _device_peak_memory() -> int | None:
+  """The backend's peak bytes in use so far on device 0 (None on CPU)."""
   try:
     stats = jax.local_devices()[0].memory_stats() or {}
   except Exception:  # pylint: disable=broad-except
     return None
   return stats.get('peak_bytes_in_use')
+
+
+def step_memory_bytes(compiled) -> int | None:
+  """XLA's buffer assignment for one device: arguments + outputs + temporaries.
+
+  Donated (aliased) state is counted once. Unlike the backend's running peak
+  this is per program, so rows can be compared, and it exists on CPU too.
+  """
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if m is None:
+    return None
+  return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes +
+             m.temp_size_in_bytes)
 
 
 def _flops(compiled) -> float | None:
@@ -136,10 +155,9 @@ def bench_train_step(config, stage_name: str, batch_size: int, steps: int,
     return metrics['loss']
 
   sec = _time(run_once, steps)
-  flops = _flops(compiled)
   return {'seconds_per_step': sec, 'images_per_s': batch_size / sec,
-          'compile_s': compile_s, 'flops_per_step': flops,
-          'num_hyps': stage.num_hyps}
+          'compile_s': compile_s, 'flops_per_step': _flops(compiled),
+          'step_memory_bytes': step_memory_bytes(compiled), 'num_hyps': stage.num_hyps}
 
 
 def bench_inference(config, stage_name: str, batch_size: int, steps: int) -> dict[str, Any]:
@@ -168,6 +186,21 @@ def bench_inference(config, stage_name: str, batch_size: int, steps: int) -> dic
           'flops_per_step': _flops(compiled)}
 
 
+def config_variant(config, stage_name: str, dtype: str, remat: bool, grad_accum: int):
+  """The config with the stage's compute dtype, remat and gradient accumulation."""
+  cfg = copy.deepcopy(config)
+  with cfg.unlocked():
+    for group in (stage_name, 'skeleton_net'):  # and the maps a regressor trains on
+      if 'dtype' in cfg[group].model:
+        cfg[group].model.dtype = dtype
+    if 'remat' in cfg[stage_name].model:
+      cfg[stage_name].model.remat = remat
+    elif remat:
+      raise ValueError(f'config.benchmark.remat: stage {stage_name!r} has no remat option')
+    cfg[stage_name].train.grad_accum = grad_accum
+  return cfg
+
+
 def _single_hypothesis(config):
   one = copy.deepcopy(config)
   with one.unlocked():
@@ -185,35 +218,34 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   results: dict[str, Any] = {'device': device.device_kind, 'platform': device.platform,
                              'num_devices': jax.device_count(), 'rows': []}
   stage_names = [s.strip() for s in str(bcfg.stages).split(',') if s.strip()]
-  for name in stage_names:
-    for dtype in bcfg.dtypes:
-      cfg = copy.deepcopy(config)
-      with cfg.unlocked():
-        for stage_group in (name, 'skeleton_net'):
-          if 'dtype' in cfg[stage_group].model:
-            cfg[stage_group].model.dtype = dtype
-      for bs in bcfg.batch_sizes:
-        logging.info('benchmark: %s %s batch %d', name, dtype, bs)
-        row = {'stage': name, 'dtype': dtype, 'batch_size': bs}
-        tr = bench_train_step(cfg, name, bs, bcfg.steps)
-        row.update({f'train_{k}': v for k, v in tr.items()})
-        plain = bench_train_step(cfg, name, bs, bcfg.steps, sharded=False)
-        row['plain_train_images_per_s'] = plain['images_per_s']
-        row['sharded_over_plain'] = tr['images_per_s'] / plain['images_per_s']
-        if tr['num_hyps'] > 1:
-          one = bench_train_step(_single_hypothesis(cfg), name, bs, bcfg.steps)
-          row['one_hyp_train_images_per_s'] = one['images_per_s']
-          # >1 means the stacked step trains each hypothesis faster than alone.
-          row['stacked_per_hyp_speedup'] = (tr['images_per_s'] * tr['num_hyps'] /
-                                            one['images_per_s'])
-        inf = bench_inference(cfg, name, bs, bcfg.steps)
-        row.update({f'infer_{k}': v for k, v in inf.items()})
-        peak = _peak_flops(dtype)
-        if peak and tr['flops_per_step']:
-          row['train_mfu'] = tr['flops_per_step'] / tr['seconds_per_step'] / (
-              peak * jax.device_count())
-        row['peak_memory_bytes'] = _peak_memory()
-        results['rows'].append(row)
+  grid = [(name, dtype, remat, accum, bs) for name in stage_names for dtype in bcfg.dtypes
+          for remat in bcfg.remat for accum in bcfg.grad_accum for bs in bcfg.batch_sizes]
+  for i, (name, dtype, remat, accum, bs) in enumerate(grid):
+    logging.info('benchmark %d/%d: %s %s remat=%s grad_accum=%d batch %d', i + 1,
+                 len(grid), name, dtype, remat, accum, bs)
+    cfg = config_variant(config, name, dtype, bool(remat), int(accum))
+    row = {'stage': name, 'dtype': dtype, 'remat': bool(remat), 'grad_accum': int(accum),
+           'batch_size': bs}
+    tr = bench_train_step(cfg, name, bs, bcfg.steps)
+    row.update({f'train_{k}': v for k, v in tr.items()})
+    peak = _peak_flops(dtype)
+    if peak and tr['flops_per_step']:
+      row['train_mfu'] = tr['flops_per_step'] / tr['seconds_per_step'] / (
+          peak * jax.device_count())
+    if not remat and accum == 1:  # The references, once per stage, dtype and batch.
+      plain = bench_train_step(cfg, name, bs, bcfg.steps, sharded=False)
+      row['plain_train_images_per_s'] = plain['images_per_s']
+      row['sharded_over_plain'] = tr['images_per_s'] / plain['images_per_s']
+      if tr['num_hyps'] > 1:
+        one = bench_train_step(_single_hypothesis(cfg), name, bs, bcfg.steps)
+        row['one_hyp_train_images_per_s'] = one['images_per_s']
+        # >1 means the stacked step trains each hypothesis faster than alone.
+        row['stacked_per_hyp_speedup'] = (tr['images_per_s'] * tr['num_hyps'] /
+                                          one['images_per_s'])
+      inf = bench_inference(cfg, name, bs, bcfg.steps)
+      row.update({f'infer_{k}': v for k, v in inf.items()})
+    row['device_peak_memory_bytes'] = _device_peak_memory()
+    results['rows'].append(row)
   try:
     from deepskeleton_jax import rasterize_benchmark  # pylint: disable=g-import-not-at-top
     results['rasterizer'] = rasterize_benchmark.run()
@@ -238,21 +270,25 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 
 def format_table(results: dict[str, Any]) -> str:
-  """A readable Markdown table of the benchmark rows."""
-  head = ('| stage | dtype | batch | H | train img/s | plain img/s | sharded/plain | '
-          'stacked/1-hyp per hyp | infer img/s | compile s | MFU | peak MiB |')
+  """A readable Markdown table of the benchmark rows ('-': not measured)."""
+  def num(value, fmt='.1f', scale=1.0):
+    return '-' if value is None else format(value * scale, fmt)
+  head = ('| stage | dtype | remat | accum | batch | H | train img/s | plain img/s | '
+          'sharded/plain | stacked/1-hyp per hyp | infer img/s | compile s | MFU % | '
+          'step MiB | device peak MiB |')
   lines = [f"device: {results['device']} x{results['num_devices']}", head,
-           '|' + '---|' * 12]
+           '|' + '---|' * 15]
   for r in results['rows']:
-    mfu = r.get('train_mfu')
-    mem = r.get('peak_memory_bytes')
     lines.append(
-        f"| {r['stage']} | {r['dtype']} | {r['batch_size']} | {r['train_num_hyps']} | "
-        f"{r['train_images_per_s']:.1f} | {r['plain_train_images_per_s']:.1f} | "
-        f"{r['sharded_over_plain']:.2f} | {r.get('stacked_per_hyp_speedup', float('nan')):.2f} | "
-        f"{r['infer_images_per_s']:.1f} | {r['train_compile_s']:.1f} | "
-        f"{'-' if mfu is None else f'{100 * mfu:.1f}%'} | "
-        f"{'-' if mem is None else f'{mem / 2**20:.0f}'} |")
+        f"| {r['stage']} | {r['dtype']} | {'yes' if r['remat'] else 'no'} | "
+        f"{r['grad_accum']} | {r['batch_size']} | {r['train_num_hyps']} | "
+        f"{num(r['train_images_per_s'])} | {num(r.get('plain_train_images_per_s'))} | "
+        f"{num(r.get('sharded_over_plain'), '.2f')} | "
+        f"{num(r.get('stacked_per_hyp_speedup'), '.2f')} | "
+        f"{num(r.get('infer_images_per_s'))} | {num(r['train_compile_s'])} | "
+        f"{num(r.get('train_mfu'), '.1f', 100)} | "
+        f"{num(r['train_step_memory_bytes'], '.0f', 2**-20)} | "
+        f"{num(r['device_peak_memory_bytes'], '.0f', 2**-20)} |")
   if 'rasterizer' in results:
     lines.append(f"rasterizer: {json.dumps(results['rasterizer'], default=float)}")
   if 'input_pipeline' in results:

@@ -132,6 +132,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.benchmark = ml_collections.ConfigDict({
       'batch_sizes': (32,),
       'dtypes': ('float32',),
+      'remat': (False,),              # e.g. (False, True): memory with/without remat
+      'grad_accum': (1,),             # e.g. (1, 4): micro-batches per step
       'steps': 10,
       'stages': 'regressor,skeleton_net',
   })

@@ -16,6 +16,7 @@ every run, which makes these tests slow (35-50 s each on 2 busy cores).
 import json
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -144,14 +145,16 @@ def data_dir(tmp_path_factory):
   return path
 
 
-def _run_py(workdir, data_dir, num_steps, process_id=None, port=None):
-  cmd = [sys.executable, str(REPO / 'run.py'), '--mode=train',
+def _run_py(workdir, data_dir, num_steps, process_id=None, port=None, args=None):
+  """run.py on the tiny config: by default, trains the lifting stage."""
+  cmd = [sys.executable, str(REPO / 'run.py'),
          '--config=' + str(REPO / 'configs' / 'tiny.py'), f'--workdir={workdir}',
-         f'--config.data.data_dir={data_dir}', '--config.data.builder_kwargs.num_train=8',
-         '--config.stages=lifting', f'--config.lifting.train.num_steps={num_steps}',
-         '--config.lifting.train.checkpoint_every=2',
-         '--config.lifting.train.optimizer=sgd',  # see multihost_worker.sgd
-         '--config.lifting.train.learning_rate=0.05']
+         f'--config.data.data_dir={data_dir}', '--config.data.builder_kwargs.num_train=8']
+  cmd += args or ['--mode=train', '--config.stages=lifting',
+                  f'--config.lifting.train.num_steps={num_steps}',
+                  '--config.lifting.train.checkpoint_every=2',
+                  '--config.lifting.train.optimizer=sgd',  # see multihost_worker.sgd
+                  '--config.lifting.train.learning_rate=0.05']
   if process_id is None:
     return cmd + ['--config.parallel.distributed=no']
   return cmd + ['--config.parallel.distributed=yes',
@@ -243,3 +246,38 @@ def test_run_py_fails_fast_when_one_process_fails(data_dir, tmp_path):
   # Process 0 noticed the missing heartbeat (10 s) instead of waiting 5 minutes.
   assert 'stopped sending heartbeats' in texts[0], report
   assert ended[0] - ended[1] < 60, (ended, report)
+
+
+def test_eval_in_two_processes_matches_one(data_dir, tmp_path):
+  """Each process evaluates its half of the test split (padded to the batch);
+  the gathered results equal one process's."""
+  one, two = tmp_path / 'one', tmp_path / 'two'
+  train_args = ['--mode=train', '--config.stages=direct_rgb',
+                '--config.direct_rgb.train.num_steps=2']
+  _run_all([_run_py(one, data_dir, 0, args=train_args)], [tmp_path / 'train.log'],
+           local_devices=4)
+  shutil.copytree(one, two)
+  # A global batch of 12 over 4 devices: each process pads its 4 examples to 6.
+  eval_args = ['--mode=eval', '--config.stages=direct_rgb', '--config.eval.batch_size=12',
+               '--config.eval.detections=ground_truth', '--config.eval.num_figures=0']
+  _run_all([_run_py(one, data_dir, 0, args=eval_args)], [tmp_path / 'eval1.log'],
+           local_devices=4)
+  port = _free_port()
+  _run_all([_run_py(two, data_dir, 0, i, port, args=eval_args) for i in range(2)],
+           [tmp_path / f'eval2_{i}.log' for i in range(2)], local_devices=2)
+  want = json.loads((one / 'eval' / 'results.json').read_text())
+  got = json.loads((two / 'eval' / 'results.json').read_text())
+  assert want['num_examples'] == got['num_examples'] == 8
+  flat_want, flat_got = _numbers(want), _numbers(got)
+  assert sorted(flat_want) == sorted(flat_got) and flat_want
+  for key, value in flat_want.items():
+    np.testing.assert_allclose(flat_got[key], value, rtol=1e-4, err_msg=key)
+
+
+def _numbers(tree, prefix=''):
+  """{path: number} of a JSON tree."""
+  if isinstance(tree, dict):
+    return {k: v for key, sub in tree.items() for k, v in _numbers(sub, f'{prefix}/{key}').items()}
+  if isinstance(tree, list):
+    return {k: v for i, sub in enumerate(tree) for k, v in _numbers(sub, f'{prefix}/{i}').items()}
+  return {prefix: tree} if isinstance(tree, (int, float)) and not isinstance(tree, bool) else {}

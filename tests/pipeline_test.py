@@ -130,12 +130,19 @@ def test_benchmark_prints_json(trained, capsys, tmp_path):
   config, _ = trained
   with config.unlocked():
     config.benchmark.stages = 'direct_rgb'
+    config.benchmark.remat = (False, True)
+    config.benchmark.grad_accum = (1, 4)
   results = benchmark.run(config, str(tmp_path))
-  line = capsys.readouterr().out.splitlines()[0]
-  parsed = json.loads(line)
-  assert parsed['rows'][0]['stage'] == 'direct_rgb'
-  assert parsed['rows'][0]['train_images_per_s'] > 0
-  assert results['rows'][0]['sharded_over_plain'] > 0
+  out = capsys.readouterr().out.splitlines()
+  parsed = json.loads(out[0])
+  assert parsed == json.loads((tmp_path / 'benchmark' / 'benchmark.json').read_text())
+  rows = {(r['remat'], r['grad_accum']): r for r in results['rows']}
+  assert sorted(rows) == [(False, 1), (False, 4), (True, 1), (True, 4)]
+  assert all(r['stage'] == 'direct_rgb' and r['train_images_per_s'] > 0 for r in rows.values())
+  assert rows[False, 1]['sharded_over_plain'] > 0  # references: the base row only
+  assert 'sharded_over_plain' not in rows[True, 4]
+  assert all(r['train_step_memory_bytes'] > 0 for r in rows.values())
+  assert '| direct_rgb | float32 | yes | 4 | 8 |' in '\n'.join(out)
 
 
 def _run(args, workdir, data_dir):
