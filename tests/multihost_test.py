@@ -6,17 +6,20 @@ The invariance tested: training on the same global batches gives the same
 parameters whether the batch is fed by two processes (half the rows each,
 through `jax.make_array_from_process_local_data`) or by one process with 4
 devices, since every reduction (gradients, BatchNorm statistics) is over the
-global batch.
+global batch. Also: evaluation gathered over two processes equals one
+process's; SIGTERM to one process stops both at the same saved step; a process
+that fails makes the other fail within the heartbeat timeout, not hang.
 
 Note: only process 0 writes JAX's persistent compilation cache, and process 1's
 cache keys differ (its devices do), so process 1 compiles every program on
-every run, which makes these tests slow (35-50 s each on 2 busy cores).
+every run, which makes these tests slow (15-60 s each on 2 busy cores).
 """
 
 import json
 import os
 import pathlib
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -281,3 +284,45 @@ def _numbers(tree, prefix=''):
   if isinstance(tree, list):
     return {k: v for i, sub in enumerate(tree) for k, v in _numbers(sub, f'{prefix}/{i}').items()}
   return {prefix: tree} if isinstance(tree, (int, float)) and not isinstance(tree, bool) else {}
+
+
+def test_sigterm_to_one_process_stops_both_with_one_checkpoint(data_dir, tmp_path):
+  """SIGTERM to process 1 only: both save the same step, exit 0, and resume."""
+  work = tmp_path / 'work'
+  port = _free_port()
+  cmds = [_run_py(work, data_dir, 100_000, i, port) for i in range(2)]
+  logs = [tmp_path / f'term{i}.log' for i in range(2)]
+  metrics = work / 'lifting' / 'metrics.jsonl'
+  procs = []
+  try:
+    for cmd, log in zip(cmds, logs):
+      with open(log, 'w') as f:
+        procs.append(subprocess.Popen(cmd, env=_env(2, True), stdout=f,
+                                      stderr=subprocess.STDOUT, cwd=str(REPO)))
+    deadline = time.monotonic() + TIMEOUT_S
+    while not (metrics.exists() and metrics.read_text().count('\n') >= 3):
+      assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, \
+          '\n'.join(log.read_text()[-2000:] for log in logs)
+      time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)
+    codes = [p.wait(timeout=TIMEOUT_S) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  texts = [log.read_text() for log in logs]
+  assert codes == [0, 0], '\n'.join(t[-2000:] for t in texts)
+  reached = json.loads(metrics.read_text().splitlines()[-1])['step']
+  for text in texts:
+    assert f'stopped at step {reached}' in text
+  saved = sorted(int(p.name) for p in (work / 'lifting' / 'checkpoints').iterdir()
+                 if p.name.isdigit())
+  assert saved[-1] == reached
+
+  rerun = [tmp_path / f'rerun{i}.log' for i in range(2)]
+  _two_processes(work, data_dir, reached + 2, rerun)
+  for log in rerun:
+    assert f'resumed from step {reached}' in log.read_text()
+  steps = [json.loads(l)['step'] for l in metrics.read_text().splitlines()]
+  assert steps == list(range(1, reached + 3))
