@@ -15,6 +15,7 @@ cache keys differ (its devices do), so process 1 compiles every program on
 every run, which makes these tests slow (15-60 s each on 2 busy cores).
 """
 
+import contextlib
 import json
 import os
 import pathlib
@@ -58,12 +59,12 @@ def _env(local_devices: int, cache: bool) -> dict[str, str]:
   return env
 
 
-def _run_all(cmds: list[list[str]], logs: list[pathlib.Path], local_devices: int,
-             cache: bool = True, timeout: float = TIMEOUT_S) -> None:
-  """Runs the commands concurrently; all must exit 0 within `timeout` seconds.
+@contextlib.contextmanager
+def _started(cmds: list[list[str]], logs: list[pathlib.Path], local_devices: int,
+             cache: bool = True):
+  """Starts the commands (output to `logs`); kills those still running on exit.
 
-  As soon as one fails (or time runs out) the others are killed: a process
-  left alone would otherwise wait at a collective for its dead peer.
+  A process left alone would otherwise wait at a collective for its dead peer.
   """
   procs = []
   try:
@@ -71,17 +72,27 @@ def _run_all(cmds: list[list[str]], logs: list[pathlib.Path], local_devices: int
       with open(log, 'w') as f:
         procs.append(subprocess.Popen(cmd, env=_env(local_devices, cache), stdout=f,
                                       stderr=subprocess.STDOUT, cwd=str(REPO)))
+    yield procs
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+
+
+def _run_all(cmds: list[list[str]], logs: list[pathlib.Path], local_devices: int,
+             cache: bool = True, timeout: float = TIMEOUT_S) -> None:
+  """Runs the commands concurrently; all must exit 0 within `timeout` seconds.
+
+  As soon as one fails (or time runs out) the others are killed.
+  """
+  with _started(cmds, logs, local_devices, cache) as procs:
     deadline = time.monotonic() + timeout
     while any(p.poll() is None for p in procs):
       failed = [p for p in procs if p.poll() not in (None, 0)]
       if failed or time.monotonic() > deadline:
         break
       time.sleep(0.2)
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
   report = '\n'.join(f'--- {log.name} (exit {p.returncode}):\n{log.read_text()[-3000:]}'
                      for p, log in zip(procs, logs))
   assert all(p.returncode == 0 for p in procs), report
@@ -223,23 +234,13 @@ def test_run_py_fails_fast_when_one_process_fails(data_dir, tmp_path):
   cmds = [_run_py(tmp_path / 'work', data_dir if i == 0 else tmp_path / 'missing', 2, i, port)
           + ['--config.parallel.heartbeat_timeout_s=10'] for i in range(2)]
   logs = [tmp_path / f'fail{i}.log' for i in range(2)]
-  procs = []
-  for cmd, log in zip(cmds, logs):
-    with open(log, 'w') as f:
-      procs.append(subprocess.Popen(cmd, env=_env(2, True), stdout=f,
-                                    stderr=subprocess.STDOUT, cwd=str(REPO)))
   start, ended = time.monotonic(), {}
-  try:
+  with _started(cmds, logs, local_devices=2) as procs:
     while len(ended) < 2 and time.monotonic() - start < 150:
       for i, p in enumerate(procs):
         if i not in ended and p.poll() is not None:
           ended[i] = time.monotonic() - start
       time.sleep(0.2)
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
   texts = [log.read_text() for log in logs]
   report = '\n'.join(f'--- process {i}:\n{t[-2000:]}' for i, t in enumerate(texts))
   assert sorted(ended) == [0, 1], f'still running after 150 s: {report}'
@@ -293,12 +294,7 @@ def test_sigterm_to_one_process_stops_both_with_one_checkpoint(data_dir, tmp_pat
   cmds = [_run_py(work, data_dir, 100_000, i, port) for i in range(2)]
   logs = [tmp_path / f'term{i}.log' for i in range(2)]
   metrics = work / 'lifting' / 'metrics.jsonl'
-  procs = []
-  try:
-    for cmd, log in zip(cmds, logs):
-      with open(log, 'w') as f:
-        procs.append(subprocess.Popen(cmd, env=_env(2, True), stdout=f,
-                                      stderr=subprocess.STDOUT, cwd=str(REPO)))
+  with _started(cmds, logs, local_devices=2) as procs:
     deadline = time.monotonic() + TIMEOUT_S
     while not (metrics.exists() and metrics.read_text().count('\n') >= 3):
       assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, \
@@ -306,11 +302,6 @@ def test_sigterm_to_one_process_stops_both_with_one_checkpoint(data_dir, tmp_pat
       time.sleep(0.05)
     procs[1].send_signal(signal.SIGTERM)
     codes = [p.wait(timeout=TIMEOUT_S) for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
   texts = [log.read_text() for log in logs]
   assert codes == [0, 0], '\n'.join(t[-2000:] for t in texts)
   reached = json.loads(metrics.read_text().splitlines()[-1])['step']
