@@ -9,7 +9,7 @@ evaluates, writes ./workdir/demo/eval/report.md and figures):
 General form (any config value can be overridden on the command line):
 
   python run.py --config=configs/<experiment>.py[:arg] --workdir=DIR \
-      --mode=all|prepare|train|eval|predict|benchmark \
+      --mode=all|prepare|train|eval|predict|benchmark|pseudo3d \
       [--config.skeleton_net.train.batch_size=64 ...]
 
 Modes:
@@ -21,7 +21,8 @@ Modes:
   eval       evaluate the trained stages on the test split: report.md,
              results.json, figures under WORKDIR/eval.
   predict    3D poses for your own images: --config.predict.images=a.jpg,b.jpg
-  benchmark  images/s of the train and inference steps (and references).
+  benchmark  images/s, MFU and memory of the train and inference steps,
+             with same-run references (config.benchmark).
   pseudo3d   lift a 2D dataset's people to 3D with a trained lifting stage
              (MPII pseudo-3D labels; see deepskeleton_jax/pseudo3d.py).
 """
