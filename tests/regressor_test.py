@@ -5,8 +5,9 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
+
+import fitting_util  # tests/fitting_util.py
 
 from deepskeleton_jax.models import regressor
 
@@ -77,25 +78,8 @@ def test_pose_loss_gradient_is_finite_at_zero_error():
 def test_loss_decreases_on_fixed_batch(in_channels):
   model, variables = _tiny(in_channels)
   x, y = _batch(in_channels, seed=in_channels)
-  tx = optax.adam(1e-2)
-
-  @jax.jit
-  def step(params, batch_stats, opt_state):
-    def loss_fn(p):
-      out, upd = model.apply({'params': p, 'batch_stats': batch_stats}, x,
-                             train=True, mutable=['batch_stats'])
-      return regressor.pose_loss(out, y), upd['batch_stats']
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), batch_stats, opt_state, loss
-
-  params, batch_stats = variables['params'], variables['batch_stats']
-  opt_state = tx.init(params)
-  losses = []
-  for _ in range(8):
-    params, batch_stats, opt_state, loss = step(params, batch_stats, opt_state)
-    losses.append(float(loss))
+  losses = fitting_util.adam_losses(model, variables, x,
+                                     lambda out: regressor.pose_loss(out, y), 8)
   assert losses[-1] < 0.8 * losses[0], losses
 
 

@@ -5,8 +5,9 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
+
+import fitting_util  # tests/fitting_util.py
 
 from deepskeleton_jax.models import skeleton_net
 
@@ -133,25 +134,9 @@ def test_loss_rejects_mismatched_heads():
 def test_loss_decreases_on_fixed_batch():
   model, variables = _tiny()
   images, targets = _batch(seed=3)
-  tx = optax.adam(1e-2)
-
-  @jax.jit
-  def step(params, batch_stats, opt_state):
-    def loss_fn(p):
-      out, upd = model.apply({'params': p, 'batch_stats': batch_stats},
-                             images, train=True, mutable=['batch_stats'])
-      return skeleton_net.skeleton_map_loss(out, targets), upd['batch_stats']
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), batch_stats, opt_state, loss
-
-  params, batch_stats = variables['params'], variables['batch_stats']
-  opt_state = tx.init(params)
-  losses = []
-  for _ in range(6):
-    params, batch_stats, opt_state, loss = step(params, batch_stats, opt_state)
-    losses.append(float(loss))
+  losses = fitting_util.adam_losses(
+      model, variables, images,
+      lambda out: skeleton_net.skeleton_map_loss(out, targets), 6)
   assert losses[-1] < 0.8 * losses[0], losses
 
 
