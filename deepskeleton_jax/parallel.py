@@ -109,7 +109,12 @@ def barrier(name: str, timeout_s: float = 3600.0) -> None:
     return
   from jax._src import distributed  # pylint: disable=g-import-not-at-top
   key = f'deepskeleton_jax/{next(_BARRIER_COUNT)}/{name}'
-  distributed.global_state.client.wait_at_barrier(key, timeout_in_ms=int(timeout_s * 1000))
+  client = distributed.global_state.client  # what Orbax uses for its barriers too
+  if client is None:  # multi-process without jax.distributed: a device collective
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(key)
+    return
+  client.wait_at_barrier(key, timeout_in_ms=int(timeout_s * 1000))
 
 
 def compile_together(jitted: Any, name: str, *args: Any) -> Any:
