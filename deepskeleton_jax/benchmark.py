@@ -32,6 +32,7 @@ from deepskeleton_jax import parallel
 from deepskeleton_jax import skeleton
 from deepskeleton_jax import stages as stages_lib
 from deepskeleton_jax import train as train_lib
+from deepskeleton_jax.models import hypotheses
 
 # Dense peak FLOP/s per device for MFU (bfloat16 / float32-via-TF32 tensor cores).
 PEAK_FLOPS = {
@@ -176,7 +177,8 @@ def bench_inference(config, stage_name: str, batch_size: int, steps: int) -> dic
   def forward(variables, batch):
     inputs, _ = stage.make_inputs(batch, aux, norm)
     return jax.tree_util.tree_leaves(
-        stages_lib.apply_stacked(stage.model, variables, inputs, method=stage.hyp_map))[-1]
+        hypotheses.apply_stacked(stage.model, variables, inputs, train=False,
+                                 hyp_map=stage.hyp_map))[-1]
 
   t0 = time.perf_counter()
   compiled = forward.lower(variables, batch).compile()

@@ -32,6 +32,7 @@ from deepskeleton_jax import metrics
 from deepskeleton_jax import parallel
 from deepskeleton_jax import stages as stages_lib
 from deepskeleton_jax.models import hourglass
+from deepskeleton_jax.models import hypotheses
 
 _ID_LEN = 48
 
@@ -68,20 +69,18 @@ def make_predict_fn(config: ml_collections.ConfigDict, loaded: dict[str, Any]):
   base = config.hypotheses.base
   method = stages_lib.hyp_map_method(config)
 
-  images_at = stages_lib.images_at
-
   def regress(name, variables, norm, maps):
     model = loaded[name]['stage'].model
-    pred = stages_lib.apply_stacked(model, variables, stages_lib.resize_square(maps, rsize),
-                                    method=method)
+    pred = hypotheses.apply_stacked(model, variables, stages_lib.resize_square(maps, rsize),
+                                    train=False, hyp_map=method)
     return jnp.moveaxis(pred.astype(jnp.float32) * norm['std'] + norm['mean'], 0, 1)
 
   def fn(variables, norms, batch):
     out = {}
     if 'skeleton_net' in variables:
-      logits = stages_lib.apply_stacked(loaded['skeleton_net']['stage'].model,
-                                        variables['skeleton_net'], images_at(batch, crop_idx),
-                                        method=method)
+      logits = hypotheses.apply_stacked(
+          loaded['skeleton_net']['stage'].model, variables['skeleton_net'],
+          stages_lib.images_at(batch, crop_idx), train=False, hyp_map=method)
       out['maps'] = jax.nn.sigmoid(logits[-1].astype(jnp.float32))
     out['gt_maps'] = stages_lib.render_maps(batch, crop_idx, widths, size, msize)
     if 'regressor' in variables:
@@ -95,14 +94,17 @@ def make_predict_fn(config: ml_collections.ConfigDict, loaded: dict[str, Any]):
       out['ensemble'] = regress('ensemble', variables['ensemble'], norms['ensemble'],
                                 jnp.broadcast_to(maps, (n,) + maps.shape[1:]))
     if 'direct_rgb' in variables:
-      pred = stages_lib.apply_stacked(loaded['direct_rgb']['stage'].model,
-                                      variables['direct_rgb'], images_at(batch, np.array([unit])))
+      pred = hypotheses.apply_stacked(
+          loaded['direct_rgb']['stage'].model, variables['direct_rgb'],
+          stages_lib.images_at(batch, np.array([unit])), train=False, hyp_map=method)
       norm = norms['direct_rgb']
       out['direct'] = pred[0].astype(jnp.float32) * norm['std'] + norm['mean']
     if 'hourglass' in variables:
       stage = loaded['hourglass']['stage']
-      x = stages_lib.resize_square(images_at(batch, np.array([unit])), config.hourglass.input_size)
-      heat = stages_lib.apply_stacked(stage.model, variables['hourglass'], x)
+      x = stages_lib.resize_square(stages_lib.images_at(batch, np.array([unit])),
+                                   config.hourglass.input_size)
+      heat = hypotheses.apply_stacked(stage.model, variables['hourglass'], x, train=False,
+                                      hyp_map=method)
       joints, conf = hourglass.decode_heatmaps(heat[-1][0].astype(jnp.float32))
       out['detections'] = joints * (4 * size / config.hourglass.input_size)
       out['detection_conf'] = conf

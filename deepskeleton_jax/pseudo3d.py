@@ -26,6 +26,7 @@ import numpy as np
 from deepskeleton_jax import checkpointing
 from deepskeleton_jax import input_pipeline
 from deepskeleton_jax import stages as stages_lib
+from deepskeleton_jax.models import hypotheses
 
 
 def lift_split(config: ml_collections.ConfigDict, workdir: str, split: str) -> dict[str, np.ndarray]:
@@ -36,7 +37,8 @@ def lift_split(config: ml_collections.ConfigDict, workdir: str, split: str) -> d
   @jax.jit
   def lift(variables, norm, batch):
     inputs, _ = stage.make_inputs(batch, None, norm)
-    out = stages_lib.apply_stacked(stage.model, variables, inputs, method=stage.hyp_map)
+    out = hypotheses.apply_stacked(stage.model, variables, inputs, train=False,
+                                   hyp_map=stage.hyp_map)
     return stage.predict(out[0], norm)
 
   it = input_pipeline.make_iterator(config.data, split, 256, shuffle=False, num_epochs=1,

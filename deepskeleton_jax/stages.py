@@ -146,13 +146,6 @@ def hyp_map_method(config: ml_collections.ConfigDict) -> str:
   return method
 
 
-def apply_stacked(model: nn.Module, variables: Any, inputs: jax.Array,
-                  train: bool = False, method: str = 'vmap') -> Any:
-  """Eval-mode apply of stacked variables [H, ...] to inputs [H, b, ...]."""
-  return hypotheses.map_hypotheses(lambda v, x: model.apply(v, x, train=train),
-                                   variables, inputs, method=method)
-
-
 def _pose_targets(batch, norm):
   target = root_relative(batch['joints_3d'])
   target = (target - norm['mean']) / norm['std']
@@ -239,7 +232,8 @@ def _build(config: ml_collections.ConfigDict, name: str) -> Stage:
     def make_inputs(batch, aux, norm):
       if predicted:
         sub = jax.tree_util.tree_map(lambda x: x[hyp_sel], aux)
-        logits = apply_stacked(skel.model, sub, images_at(batch, idx), method=skel.hyp_map)
+        logits = hypotheses.apply_stacked(skel.model, sub, images_at(batch, idx),
+                                          train=False, hyp_map=skel.hyp_map)
         maps = jax.lax.stop_gradient(jax.nn.sigmoid(logits[-1].astype(jnp.float32)))
       else:
         maps = render_maps(batch, idx, wid, size, msize)

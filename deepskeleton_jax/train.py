@@ -266,9 +266,22 @@ class _Preemption:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
 
-  def any_process(self) -> bool:
+  def any_process(self, sync: bool) -> bool:
+    """Whether any process got SIGTERM.
+
+    Args:
+      sync: gather the flags of all processes now. The gather blocks the host
+        until the step is done, so the loop asks only at steps that wait for
+        the device anyway (logged or saved ones); with one process the flag
+        is local and always read.
+
+    Returns:
+      True if this process (or, when `sync`, any process) got SIGTERM.
+    """
     if jax.process_count() == 1:
       return self.requested
+    if not sync:
+      return False
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     flags = multihost_utils.process_allgather(np.array(self.requested))
     return bool(np.any(flags))
@@ -376,7 +389,8 @@ def _train_stage(config, workdir, stage_name, preempt):
     if step == start:  # Rates and ETA exclude compilation.
       jax.block_until_ready(metrics)
       t0, s0 = time.time(), done
-    if done % tcfg.log_every == 0 or done == num_steps:
+    logged = done % tcfg.log_every == 0 or done == num_steps
+    if logged:
       last = _log(stage_name, state, metrics, tcfg, done, num_steps, t0, s0, writer)
     if tcfg.schedule == 'plateau' and done % tcfg.plateau_every == 0:
       if eval_loss is None:  # Eval batches have the train batches' shapes.
@@ -387,7 +401,7 @@ def _train_stage(config, workdir, stage_name, preempt):
     if saved:
       _check_finite(state, tcfg)
       checkpointing.save(mngr, done, state, iterator)
-    if preempt.any_process():
+    if preempt.any_process(sync=logged or saved):
       if not saved:  # Orbax refuses to save a step twice.
         _check_finite(state, tcfg)
         checkpointing.save(mngr, done, state, iterator)

@@ -56,14 +56,15 @@ def test_init_stacked_equals_separate_inits():
   assert not np.allclose(kernels[0], kernels[1])
 
 
-def test_apply_stacked_train_mode_and_gradients_equal_separate_applies():
+@pytest.mark.parametrize('hyp_map', ['vmap', 'loop'])
+def test_apply_stacked_train_mode_and_gradients_equal_separate_applies(hyp_map):
   variables = _stacked()
   x, y = _inputs()
 
   def stacked_loss(params):
     out, upd = hypotheses.apply_stacked(
         MODEL, {'params': params, 'batch_stats': variables['batch_stats']}, x,
-        train=True, mutable=['batch_stats'])
+        train=True, mutable=['batch_stats'], hyp_map=hyp_map)
     per_hyp = jax.vmap(regressor.pose_loss)(out, y)
     return per_hyp.sum(), (out, upd)
 
@@ -92,11 +93,12 @@ def test_apply_stacked_train_mode_and_gradients_equal_separate_applies():
   assert not np.allclose(g[0], g[1])
 
 
-def test_apply_stacked_eval_with_shared_input():
+@pytest.mark.parametrize('hyp_map', ['vmap', 'loop'])
+def test_apply_stacked_eval_with_shared_input(hyp_map):
   variables = _stacked()
   x = _inputs()[0][0]
   apply = jax.jit(lambda v, x: hypotheses.apply_stacked(
-      MODEL, v, x, in_axes=None, train=False))
+      MODEL, v, x, in_axes=None, train=False, hyp_map=hyp_map))
   out = apply(variables, x)
   single = jax.jit(functools.partial(MODEL.apply, train=False))
   for i in range(NUM):
@@ -111,14 +113,15 @@ class _Dropout(nn.Module):
     return nn.Dropout(0.5, deterministic=not train)(nn.Dense(4)(x))
 
 
-def test_apply_stacked_gives_each_hypothesis_its_own_rng():
+@pytest.mark.parametrize('hyp_map', ['vmap', 'loop'])
+def test_apply_stacked_gives_each_hypothesis_its_own_rng(hyp_map):
   model = _Dropout()
   x = jnp.ones((5, 3))
   variables = hypotheses.init_stacked(model, jax.random.key(0), NUM, x,
                                       train=False)
   key = jax.random.key(7)
   out = hypotheses.apply_stacked(model, variables, x, in_axes=None, train=True,
-                                 rngs={'dropout': key})
+                                 rngs={'dropout': key}, hyp_map=hyp_map)
   for i, k in enumerate(jax.random.split(key, NUM)):
     expected = model.apply(_slice(variables, i), x, train=True,
                            rngs={'dropout': k})

@@ -2,9 +2,10 @@
 
 `init_stacked` initialises `num` independent copies of a Flax model (one per
 hypothesis configuration) as a single variable tree whose leaves carry a
-leading axis `num`; `apply_stacked` runs them with `jax.vmap` over that axis
-(and over the inputs' hypothesis axis), so all hypotheses train and predict
-in one jitted call and the leading axis can be sharded over a `hyp` mesh axis.
+leading axis `num`; `apply_stacked` runs them over that axis (and over the
+inputs' hypothesis axis) with `jax.vmap` or an unrolled loop
+(`map_hypotheses`), so all hypotheses train and predict in one jitted call and
+the leading axis can be sharded over a `hyp` mesh axis.
 
 Hypothesis i of `init_stacked(model, rng, num, ...)` is exactly
 `model.init(jax.random.split(rng, num)[i], ...)`.
@@ -73,8 +74,8 @@ def init_stacked(model: nn.Module, rng: jax.Array | Mapping[str, jax.Array],
 def apply_stacked(model: nn.Module, variables: PyTree, *inputs: Any,
                   in_axes: int | None | Sequence[int | None] = 0,
                   rngs: jax.Array | Mapping[str, jax.Array] | None = None,
-                  **kwargs: Any) -> Any:
-  """Applies stacked hypotheses with `jax.vmap` over the leading axis.
+                  hyp_map: str = 'vmap', **kwargs: Any) -> Any:
+  """Applies stacked hypotheses, mapping over the leading axis.
 
   Args:
     model: the Flax module the variables belong to.
@@ -82,10 +83,12 @@ def apply_stacked(model: nn.Module, variables: PyTree, *inputs: Any,
       collections, e.g. with `params` replaced by the trained ones).
     *inputs: model inputs; per `in_axes`, mapped over their hypothesis axis or
       shared by all hypotheses.
-    in_axes: vmap axis of each input: one int/None for all inputs, or one per
-      input (0: input i feeds hypothesis i; None: the same input for all).
+    in_axes: hypothesis axis of each input: one int/None for all inputs, or
+      one per input (an int: slice i of that axis feeds hypothesis i; None:
+      the same input for all).
     rngs: optional PRNG key or dict of keys (e.g. {'dropout': key}); each is
       split so that every hypothesis gets its own stream.
+    hyp_map: how the hypotheses run, 'vmap' or 'loop' (see `map_hypotheses`).
     **kwargs: keyword arguments of `model.apply`/`__call__`, not mapped (e.g.
       train=True, mutable=['batch_stats']).
 
@@ -100,23 +103,23 @@ def apply_stacked(model: nn.Module, variables: PyTree, *inputs: Any,
   if len(in_axes) != len(inputs):
     raise ValueError(f'in_axes has {len(in_axes)} entries for {len(inputs)} '
                      'inputs')
-  for i, (x, axis) in enumerate(zip(inputs, in_axes)):
-    if axis is not None:
-      size = jnp.shape(x)[axis]
-      if size != num:
-        raise ValueError(f'inputs[{i}] has size {size} on its hypothesis axis '
-                         f'{axis}, expected the number of hypotheses {num}')
+  mapped = [i for i, axis in enumerate(in_axes) if axis is not None]
+  for i in mapped:
+    size = jnp.shape(inputs[i])[in_axes[i]]
+    if size != num:
+      raise ValueError(f'inputs[{i}] has size {size} on its hypothesis axis '
+                       f'{in_axes[i]}, expected the number of hypotheses {num}')
 
-  if rngs is None:
-    def apply_one(v, *xs):
-      return model.apply(v, *xs, **kwargs)
-    return jax.vmap(apply_one, in_axes=(0,) + in_axes)(variables, *inputs)
+  def apply_one(v, r, *mapped_slices):
+    xs = list(inputs)
+    for i, x in zip(mapped, mapped_slices):
+      xs[i] = x
+    extra = {} if r is None else {'rngs': r}
+    return model.apply(v, *xs, **extra, **kwargs)
 
-  def apply_one_rng(v, r, *xs):
-    return model.apply(v, *xs, rngs=r, **kwargs)
-  return jax.vmap(apply_one_rng, in_axes=(0, 0) + in_axes)(
-      variables, _split_rngs(rngs, num), *inputs)
-
+  split = None if rngs is None else _split_rngs(rngs, num)
+  leading = [jnp.moveaxis(inputs[i], in_axes[i], 0) for i in mapped]
+  return map_hypotheses(apply_one, variables, split, *leading, method=hyp_map)
 
 
 def map_hypotheses(fn, *args: Any, method: str = 'vmap') -> Any:
