@@ -28,7 +28,6 @@ Modes:
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -37,10 +36,9 @@ import jax
 from ml_collections import config_flags
 
 _REPO = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, _REPO)  # so configs can import `configs.common`
 
-from deepskeleton_jax import config_lib  # pylint: disable=g-import-not-at-top
-from deepskeleton_jax import parallel  # pylint: disable=g-import-not-at-top
+from deepskeleton_jax.training import config_lib  # pylint: disable=g-import-not-at-top
+from deepskeleton_jax.training import parallel  # pylint: disable=g-import-not-at-top
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', os.path.join(_REPO, 'configs', 'demo.py'),
@@ -79,43 +77,43 @@ def main(argv):
 
   modes = {'all': _all, 'prepare': _prepare, 'train': _train, 'eval': _eval,
            'predict': _predict, 'benchmark': _benchmark, 'pseudo3d': _pseudo3d}
-  from deepskeleton_jax import train  # pylint: disable=g-import-not-at-top
+  from deepskeleton_jax.training import train_loop  # pylint: disable=g-import-not-at-top
   with parallel.fail_fast():
     try:
       modes[mode](config, workdir)
-    except train.Preempted as e:
+    except train_loop.Preempted as e:
       logging.warning('%s', e)  # A clean stop: exit status 0, nothing else runs.
 
 
 def _prepare(config, workdir):
   del workdir
-  from deepskeleton_jax import datasets_lib  # pylint: disable=g-import-not-at-top
-  datasets_lib.prepare(config.data)
+  from deepskeleton_jax.data import registry  # pylint: disable=g-import-not-at-top
+  registry.prepare(config.data)
 
 
 def _train(config, workdir):
-  from deepskeleton_jax import train  # pylint: disable=g-import-not-at-top
+  from deepskeleton_jax.training import train_loop  # pylint: disable=g-import-not-at-top
   for stage in config_lib.stage_list(config):
-    train.train_stage(config, workdir, stage)
+    train_loop.train_stage(config, workdir, stage)
 
 
 def _eval(config, workdir):
-  from deepskeleton_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from deepskeleton_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
   evaluate.evaluate(config, workdir)
 
 
 def _predict(config, workdir):
-  from deepskeleton_jax import predict  # pylint: disable=g-import-not-at-top
+  from deepskeleton_jax.evaluation import predict  # pylint: disable=g-import-not-at-top
   predict.predict(config, workdir)
 
 
 def _benchmark(config, workdir):
-  from deepskeleton_jax import benchmark  # pylint: disable=g-import-not-at-top
-  benchmark.run(config, workdir)
+  from benchmarks import train_benchmark  # pylint: disable=g-import-not-at-top
+  train_benchmark.run(config, workdir)
 
 
 def _pseudo3d(config, workdir):
-  from deepskeleton_jax import pseudo3d  # pylint: disable=g-import-not-at-top
+  from deepskeleton_jax.evaluation import pseudo3d  # pylint: disable=g-import-not-at-top
   pseudo3d.write_pseudo_3d(config, workdir)
 
 

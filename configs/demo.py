@@ -12,7 +12,7 @@ Models are narrow ResNets at 64-px input so everything fits a laptop CPU;
 stick widths are larger than the paper's 5-15 because the maps are 16 px.
 """
 
-from deepskeleton_jax import config_lib
+from deepskeleton_jax.training import config_lib
 
 
 def get_config(arg=None):

@@ -3,39 +3,36 @@
 The end-to-end benchmark run is in pipeline_test.py.
 """
 
-import pathlib
-import sys
 
 import jax
 import numpy as np
 
-from deepskeleton_jax import benchmark
-from deepskeleton_jax import config_lib
-from deepskeleton_jax import parallel
-from deepskeleton_jax import stages as stages_lib
-from deepskeleton_jax import train
+from benchmarks import train_benchmark
+from deepskeleton_jax.training import config_lib
+from deepskeleton_jax.training import parallel
+from deepskeleton_jax.training import stages as stages_lib
+from deepskeleton_jax.training import train_loop
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from configs import tiny  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import tiny
 
 
 def _step_memory(grad_accum: int, batch_size: int = 32) -> int:
   """XLA's memory for the tiny Direct RGB train step at 64 px (compiled only)."""
   config = tiny.get_config()
   config.data.input_size = 64
-  config = benchmark.config_variant(config_lib.finalize(config), 'direct_rgb', 'float32',
+  config = train_benchmark.config_variant(config_lib.finalize(config), 'direct_rgb', 'float32',
                                     False, grad_accum)
   stage = stages_lib.build(config, 'direct_rgb')
   tcfg = config.direct_rgb.train
-  tx = train.make_optimizer(tcfg)
+  tx = train_loop.make_optimizer(tcfg)
   rng = jax.random.PRNGKey(0)
   norm = {'mean': np.zeros((16, 3), np.float32), 'std': np.float32(300.0)}
-  variables = jax.eval_shape(lambda r: train.init_variables(stage, r), rng)
-  state = jax.eval_shape(lambda v: train.create_state(v, tx, norm, rng), variables)
-  batch = parallel.numeric_fields(benchmark.synthetic_batch(config, batch_size))
-  compiled = jax.jit(train.make_train_step(stage, tcfg), donate_argnums=(0,)).lower(
+  variables = jax.eval_shape(lambda r: train_loop.init_variables(stage, r), rng)
+  state = jax.eval_shape(lambda v: train_loop.create_state(v, tx, norm, rng), variables)
+  batch = parallel.numeric_fields(train_benchmark.synthetic_batch(config, batch_size))
+  compiled = jax.jit(train_loop.make_train_step(stage, tcfg), donate_argnums=(0,)).lower(
       state, batch, None).compile()
-  return benchmark.step_memory_bytes(compiled)
+  return train_benchmark.step_memory_bytes(compiled)
 
 
 def test_gradient_accumulation_cuts_step_memory():

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from deepskeleton_jax import bvh
-from deepskeleton_jax import skeleton
+from deepskeleton_jax.data import registry
+from deepskeleton_jax.geometry import skeleton
+
+bvh = registry.load_module('bvh_mocap', 'bvh')
 
 _TINY = """HIERARCHY
 ROOT Hips

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from deepskeleton_jax import camera
+from deepskeleton_jax.geometry import camera
 
 
 def _random_rotation(seed):

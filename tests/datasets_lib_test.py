@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from deepskeleton_jax import datasets_lib
+from deepskeleton_jax.data import registry
 
 # A small builder following the datasets/ rule, written into a temporary
 # datasets folder: it reads `numbers.txt` from the manual dir.
@@ -60,7 +60,7 @@ def fake_datasets(tmp_path, monkeypatch):
   manual = tmp_path / 'manual'
   manual.mkdir()
   (manual / 'numbers.txt').write_text('1 2 3 4 5')
-  monkeypatch.setattr(datasets_lib, 'DATASETS_DIR', root)
+  monkeypatch.setattr(registry, 'DATASETS_DIR', root)
   return manual
 
 
@@ -71,27 +71,27 @@ def _cfg(data_dir, name='manual_toy', manual_dir='', **kwargs):
 
 
 def test_available_lists_the_repo_datasets():
-  assert 'synthetic' in datasets_lib.available()
-  assert datasets_lib.builder_class('synthetic').name == 'synthetic'
+  assert 'synthetic' in registry.available()
+  assert registry.builder_class('synthetic').name == 'synthetic'
 
 
 def test_unknown_dataset_names_the_options():
   with pytest.raises(ValueError, match="no dataset 'nope'.*available"):
-    datasets_lib.builder_class('nope')
+    registry.builder_class('nope')
 
 
 def test_config_names_are_deterministic():
-  cls = datasets_lib.builder_class('synthetic')
+  cls = registry.builder_class('synthetic')
   default = cls.BUILDER_CONFIGS[0]
-  assert datasets_lib.make_config(cls, {}) is default
-  assert datasets_lib.make_config(cls, {'num_train': default.num_train}) is default
-  a = datasets_lib.make_config(cls, {'num_train': 16, 'crop_size': 64})
-  b = datasets_lib.make_config(cls, ml_collections.ConfigDict(
+  assert registry.make_config(cls, {}) is default
+  assert registry.make_config(cls, {'num_train': default.num_train}) is default
+  a = registry.make_config(cls, {'num_train': 16, 'crop_size': 64})
+  b = registry.make_config(cls, ml_collections.ConfigDict(
       {'crop_size': 64.0, 'num_train': 16, 'seed': default.seed}))
   assert a.name == b.name == 'default-crop_size_64-num_train_16'
   assert (a.num_train, a.crop_size, a.num_test) == (16, 64, default.num_test)
   assert isinstance(b.crop_size, int)
-  assert datasets_lib.make_config(cls, {'num_train': 17}).name != a.name
+  assert registry.make_config(cls, {'num_train': 17}).name != a.name
 
 
 @pytest.mark.parametrize('kwargs, match', [
@@ -101,26 +101,26 @@ def test_config_names_are_deterministic():
 ])
 def test_bad_builder_kwargs(kwargs, match):
   with pytest.raises(ValueError, match=match):
-    datasets_lib.make_config(datasets_lib.builder_class('synthetic'), kwargs)
+    registry.make_config(registry.builder_class('synthetic'), kwargs)
 
 
 def test_options_go_to_different_directories(tmp_path):
-  a = datasets_lib.get_builder(_cfg(tmp_path, 'synthetic', num_train=16))
-  b = datasets_lib.get_builder(_cfg(tmp_path, 'synthetic', num_train=32))
-  c = datasets_lib.get_builder(_cfg(tmp_path, 'synthetic', num_train=16))
+  a = registry.get_builder(_cfg(tmp_path, 'synthetic', num_train=16))
+  b = registry.get_builder(_cfg(tmp_path, 'synthetic', num_train=32))
+  c = registry.get_builder(_cfg(tmp_path, 'synthetic', num_train=16))
   assert a.data_dir != b.data_dir and a.data_dir == c.data_dir
   assert str(a.data_dir).startswith(str(tmp_path))
 
 
 def test_data_dir_expands_home(monkeypatch, tmp_path):
   monkeypatch.setenv('HOME', str(tmp_path))
-  builder = datasets_lib.get_builder(_cfg('~/tfds', 'synthetic'))
+  builder = registry.get_builder(_cfg('~/tfds', 'synthetic'))
   assert str(builder.data_dir).startswith(str(tmp_path / 'tfds'))
 
 
 def test_reading_an_unbuilt_dataset_says_how_to_build_it(tmp_path):
-  with pytest.raises(datasets_lib.DatasetNotBuiltError) as e:
-    datasets_lib.data_source(_cfg(tmp_path / 'empty', 'synthetic'), 'train')
+  with pytest.raises(registry.DatasetNotBuiltError) as e:
+    registry.data_source(_cfg(tmp_path / 'empty', 'synthetic'), 'train')
   message = str(e.value)
   assert 'python run.py --mode=prepare --config=' in message
   assert str(tmp_path / 'empty') in message
@@ -129,15 +129,15 @@ def test_reading_an_unbuilt_dataset_says_how_to_build_it(tmp_path):
 
 def test_prepare_reads_manual_dir_and_applies_kwargs(tmp_path, fake_datasets):
   cfg = _cfg(tmp_path / 'data', manual_dir=fake_datasets, scale=2.0, tag='b')
-  builder = datasets_lib.prepare(cfg)
+  builder = registry.prepare(cfg)
   assert builder.builder_config.name == 'default-scale_2.0-tag_b'
-  source = datasets_lib.data_source(cfg, 'train')
+  source = registry.data_source(cfg, 'train')
   values = sorted(float(source[i]['x']) for i in range(len(source)))
   assert values == [2.0, 4.0, 6.0, 8.0, 10.0]
   assert {source[i]['tag'] for i in range(len(source))} == {b'b'}
-  assert datasets_lib.prepare(cfg).is_prepared()  # A second call is a no-op.
+  assert registry.prepare(cfg).is_prepared()  # A second call is a no-op.
   with pytest.raises(ValueError, match="split 'test' not in manual_toy"):
-    datasets_lib.data_source(cfg, 'test')
+    registry.data_source(cfg, 'test')
 
 
 def _files(root):
@@ -148,24 +148,24 @@ def _files(root):
 def test_failed_build_leaves_nothing_behind(tmp_path, fake_datasets):
   data = tmp_path / 'data'
   with pytest.raises(RuntimeError, match='simulated failure'):
-    datasets_lib.prepare(_cfg(data, manual_dir=fake_datasets, fail_at=3))
+    registry.prepare(_cfg(data, manual_dir=fake_datasets, fail_at=3))
   assert not data.exists()
   # With a data dir already holding another build, only the new attempt goes.
   good = _cfg(data, manual_dir=fake_datasets)
-  datasets_lib.prepare(good)
+  registry.prepare(good)
   before = _files(data)
   with pytest.raises(RuntimeError, match='simulated failure'):
-    datasets_lib.prepare(_cfg(data, manual_dir=fake_datasets, fail_at=3))
+    registry.prepare(_cfg(data, manual_dir=fake_datasets, fail_at=3))
   assert _files(data) == before
   assert sorted(os.listdir(data / 'manual_toy')) == ['.config', 'default']
-  source = datasets_lib.data_source(good, 'train')
+  source = registry.data_source(good, 'train')
   assert len(source) == 5 and np.isfinite(float(source[0]['x']))
 
 
 def test_missing_manual_files_are_reported(tmp_path, fake_datasets):
   with pytest.raises(ValueError, match='data.manual_dir: .*nowhere is not a directory'):
-    datasets_lib.prepare(_cfg(tmp_path / 'data', manual_dir=tmp_path / 'nowhere'))
+    registry.prepare(_cfg(tmp_path / 'data', manual_dir=tmp_path / 'nowhere'))
   (fake_datasets / 'numbers.txt').rename(fake_datasets / 'other.txt')
   with pytest.raises(ValueError, match='numbers.txt is missing'):
-    datasets_lib.prepare(_cfg(tmp_path / 'data', manual_dir=fake_datasets))
+    registry.prepare(_cfg(tmp_path / 'data', manual_dir=fake_datasets))
   assert not (tmp_path / 'data').exists()

@@ -21,17 +21,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deepskeleton_jax import benchmark
-from deepskeleton_jax import checkpointing
-from deepskeleton_jax import config_lib
-from deepskeleton_jax import datasets_lib
-from deepskeleton_jax import parallel
-from deepskeleton_jax import stages as stages_lib
-from deepskeleton_jax import train
+from benchmarks import train_benchmark
+from deepskeleton_jax.training import checkpointing
+from deepskeleton_jax.training import config_lib
+from deepskeleton_jax.data import registry
+from deepskeleton_jax.training import parallel
+from deepskeleton_jax.training import stages as stages_lib
+from deepskeleton_jax.training import train_loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from configs import tiny  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import tiny
 
 STAGE = 'direct_rgb'
 TIMEOUT_S = 180
@@ -40,7 +39,7 @@ TIMEOUT_S = 180
 # of its second checkpoint (the state of that step is being written).
 _KILL_IN_SECOND_SAVE = """
 import os, runpy, signal, sys
-from deepskeleton_jax import checkpointing
+from deepskeleton_jax.training import checkpointing
 original = checkpointing.DataIteratorHandler.save
 calls = []
 def save(self, directory, args):
@@ -64,7 +63,7 @@ def _tiny_config(data_dir=None):
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
   path = tmp_path_factory.mktemp('tfds')
-  datasets_lib.prepare(_tiny_config(path).data)
+  registry.prepare(_tiny_config(path).data)
   return path
 
 
@@ -230,16 +229,16 @@ def nan_step():
   config = _tiny_config()
   stage = stages_lib.build(config, STAGE)
   tcfg = config[STAGE].train
-  tx = train.make_optimizer(tcfg)
+  tx = train_loop.make_optimizer(tcfg)
   rng = jax.random.PRNGKey(0)
-  variables = jax.jit(lambda r: train.init_variables(stage, r))(rng)
+  variables = jax.jit(lambda r: train_loop.init_variables(stage, r))(rng)
   norm = {'mean': np.zeros((16, 3), np.float32), 'std': np.float32(300.0)}
-  state = train.create_state(variables, tx, norm, rng).replace(step=jnp.int32(5))
-  return config, state, jax.jit(train.make_train_step(stage, tcfg))
+  state = train_loop.create_state(variables, tx, norm, rng).replace(step=jnp.int32(5))
+  return config, state, jax.jit(train_loop.make_train_step(stage, tcfg))
 
 
 def _batch(config, nan: bool, seed: int):
-  batch = parallel.numeric_fields(benchmark.synthetic_batch(config, 4, seed=seed))
+  batch = parallel.numeric_fields(train_benchmark.synthetic_batch(config, 4, seed=seed))
   if nan:
     batch['joints_3d'][2, 7, 1] = np.nan
   return batch
@@ -275,8 +274,8 @@ def test_nonfinite_policy_stop_raises_naming_the_step_skip_does_not(nan_step):
   assert tcfg.nonfinite == 'stop'
   # Steps are counted from 1 in logs, metrics and checkpoints: index 5 is step 6.
   with pytest.raises(FloatingPointError, match='non-finite .* at step 6;'):
-    train._check_finite(bad, tcfg)  # pylint: disable=protected-access
-  train._check_finite(state, tcfg)  # pylint: disable=protected-access
+    train_loop._check_finite(bad, tcfg)  # pylint: disable=protected-access
+  train_loop._check_finite(state, tcfg)  # pylint: disable=protected-access
   with tcfg.unlocked():
     tcfg.nonfinite = 'skip'
-  train._check_finite(bad, tcfg)  # pylint: disable=protected-access
+  train_loop._check_finite(bad, tcfg)  # pylint: disable=protected-access

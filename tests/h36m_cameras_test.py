@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from deepskeleton_jax import h36m_cameras
+from deepskeleton_jax.data import registry
+
+h36m_cameras = registry.load_module('human36m', 'h36m_cameras')
 
 
 @pytest.mark.parametrize('subject', h36m_cameras.SUBJECTS)

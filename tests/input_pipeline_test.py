@@ -8,10 +8,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from deepskeleton_jax import camera
-from deepskeleton_jax import datasets_lib
-from deepskeleton_jax import input_pipeline
-from deepskeleton_jax import skeleton
+from deepskeleton_jax.geometry import camera
+from deepskeleton_jax.data import registry
+from deepskeleton_jax.data import input_pipeline
+from deepskeleton_jax.geometry import skeleton
 
 R_WRIST, L_WRIST = skeleton.JOINT_INDEX['r_wrist'], skeleton.JOINT_INDEX['l_wrist']
 
@@ -30,7 +30,7 @@ def _data_config(data_dir, **kwargs):
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
   path = tmp_path_factory.mktemp('tfds')
-  datasets_lib.prepare(_data_config(path))
+  registry.prepare(_data_config(path))
   return path
 
 
@@ -159,7 +159,7 @@ def test_eval_pads_the_last_batch_with_a_mask(data_dir):
   last = batches[-1]
   assert not last['image'][2:].any() and not last['joints_3d'][2:].any()
   assert list(last['subject'][2:]) == ['', '']
-  source = datasets_lib.data_source(_data_config(data_dir), 'test')
+  source = registry.data_source(_data_config(data_dir), 'test')
   assert last['subject'][1] == source[9]['subject'].decode()
   assert last['image'].shape == (4, 3, 32, 32, 3) and last['image'].dtype == np.uint8
   for key, shape in (('joints_2d', (4, 3, 16, 2)), ('input_to_image', (4, 3, 2, 3)),
@@ -220,6 +220,6 @@ def test_bad_arguments(data_dir):
   with pytest.raises(ValueError, match='exceed the stored crop scale'):
     input_pipeline.make_iterator(_data_config(data_dir, crop_scales=(1.0, 2.0)), 'test', 4,
                                  process_index=0, process_count=1)
-  with pytest.raises(datasets_lib.DatasetNotBuiltError, match='--mode=prepare'):
+  with pytest.raises(registry.DatasetNotBuiltError, match='--mode=prepare'):
     input_pipeline.make_iterator(_data_config(data_dir / 'nothing'), 'test', 4,
                                  process_index=0, process_count=1)

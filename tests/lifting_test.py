@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from deepskeleton_jax import skeleton
+from deepskeleton_jax.geometry import skeleton
 from deepskeleton_jax.models import lifting
 
 ROOT = skeleton.ROOT

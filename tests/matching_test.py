@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deepskeleton_jax import camera
-from deepskeleton_jax import matching
-from deepskeleton_jax import metrics
-from deepskeleton_jax import skeleton
+from deepskeleton_jax.geometry import camera
+from deepskeleton_jax.evaluation import matching
+from deepskeleton_jax.evaluation import metrics
+from deepskeleton_jax.geometry import skeleton
 
 K = skeleton.NUM_JOINTS
 INTR = np.array([1145.0, 1143.8, 512.5, 515.5], np.float32)

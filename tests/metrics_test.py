@@ -9,8 +9,8 @@ import pytest
 import scipy.io
 from scipy.spatial.transform import Rotation
 
-from deepskeleton_jax import metrics
-from deepskeleton_jax import skeleton
+from deepskeleton_jax.evaluation import metrics
+from deepskeleton_jax.geometry import skeleton
 
 
 def _random_poses(seed, shape=(6,), k=16):

@@ -30,15 +30,14 @@ import jax
 import numpy as np
 import pytest
 
-from deepskeleton_jax import checkpointing
-from deepskeleton_jax import datasets_lib
-from deepskeleton_jax import parallel
-from deepskeleton_jax import stages as stages_lib
-from deepskeleton_jax import train
+from deepskeleton_jax.training import checkpointing
+from deepskeleton_jax.data import registry
+from deepskeleton_jax.training import parallel
+from deepskeleton_jax.training import stages as stages_lib
+from deepskeleton_jax.training import train_loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import multihost_worker  # pylint: disable=g-import-not-at-top,wrong-import-position
+import multihost_worker
 
 WORKER = REPO / 'tests' / 'multihost_worker.py'
 TIMEOUT_S = 300
@@ -55,6 +54,8 @@ def _env(local_devices: int, cache: bool) -> dict[str, str]:
   env = dict(os.environ)
   env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={local_devices}'
   env['JAX_PLATFORMS'] = 'cpu'
+  # The worker is a script in tests/: it finds the package and configs here.
+  env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(REPO), env.get('PYTHONPATH')]))
   env['JAX_ENABLE_COMPILATION_CACHE'] = str(cache).lower()
   return env
 
@@ -155,7 +156,7 @@ def data_dir(tmp_path_factory):
   config = multihost_worker.tiny_config(str(path))
   with config.unlocked():
     config.data.builder_kwargs.num_train = 8
-  datasets_lib.prepare(config.data)
+  registry.prepare(config.data)
   return path
 
 
@@ -212,11 +213,11 @@ def test_run_py_in_two_processes_writes_once_resumes_and_matches_one(data_dir, t
   got = checkpointing.load_variables(str(multi), 'lifting')
   want = checkpointing.load_variables(str(single), 'lifting')
   assert got['step'] == want['step'] == NUM_STEPS
-  # The initial variables, from the same key as train.train_stage uses.
+  # The initial variables, from the same key as train_loop.train_stage uses.
   config = multihost_worker.tiny_config(str(data_dir))
   stage = stages_lib.build(config, 'lifting')
   init_rng, _ = jax.random.split(jax.random.PRNGKey(config.lifting.train.seed))
-  initial = jax.jit(lambda r: train.init_variables(stage, r))(init_rng)
+  initial = jax.jit(lambda r: train_loop.init_variables(stage, r))(init_rng)
   flat = multihost_worker.flatten
   _assert_same_updates(flat(got['variables']), flat(want['variables']), flat(initial),
                        'lifting variables')

@@ -16,20 +16,19 @@ import jax
 import numpy as np
 import pytest
 
-from deepskeleton_jax import benchmark
-from deepskeleton_jax import checkpointing
-from deepskeleton_jax import config_lib
-from deepskeleton_jax import datasets_lib
-from deepskeleton_jax import evaluate
-from deepskeleton_jax import metric_writer
-from deepskeleton_jax import parallel
-from deepskeleton_jax import predict
-from deepskeleton_jax import stages as stages_lib
-from deepskeleton_jax import train
+from benchmarks import train_benchmark
+from deepskeleton_jax.training import checkpointing
+from deepskeleton_jax.training import config_lib
+from deepskeleton_jax.data import registry
+from deepskeleton_jax.evaluation import evaluate
+from deepskeleton_jax.training import metric_writer
+from deepskeleton_jax.training import parallel
+from deepskeleton_jax.evaluation import predict
+from deepskeleton_jax.training import stages as stages_lib
+from deepskeleton_jax.training import train_loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from configs import tiny  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs import tiny
 
 
 def tiny_config(data_dir):
@@ -42,10 +41,10 @@ def tiny_config(data_dir):
 def trained(tmp_path_factory):
   root = tmp_path_factory.mktemp('tiny')
   config = tiny_config(root / 'tfds')
-  datasets_lib.prepare(config.data)
+  registry.prepare(config.data)
   workdir = str(root / 'workdir')
   for stage in config_lib.stage_list(config):
-    train.train_stage(config, workdir, stage)
+    train_loop.train_stage(config, workdir, stage)
   return config, workdir
 
 
@@ -102,14 +101,14 @@ def test_sharded_step_matches_single_device(trained):
     config.regressor.train.learning_rate = 0.1
   stage = stages_lib.build(config, 'regressor')
   tcfg = config.regressor.train
-  tx = train.make_optimizer(tcfg)
+  tx = train_loop.make_optimizer(tcfg)
   rng = jax.random.PRNGKey(0)
   norm = {'mean': np.zeros((16, 3), np.float32), 'std': np.float32(300.0)}
-  variables = jax.jit(lambda r: train.init_variables(stage, r))(rng)
-  state = train.create_state(variables, tx, norm, rng)
+  variables = jax.jit(lambda r: train_loop.init_variables(stage, r))(rng)
+  state = train_loop.create_state(variables, tx, norm, rng)
   before = [np.asarray(x) for x in jax.tree_util.tree_leaves(state.params)]
-  batch = benchmark.synthetic_batch(config, 8)
-  step = train.make_train_step(stage, tcfg)
+  batch = train_benchmark.synthetic_batch(config, 8)
+  step = train_loop.make_train_step(stage, tcfg)
   plain_state, plain = jax.jit(step)(state, parallel.numeric_fields(batch), None)
   mesh = parallel.make_mesh(2)
   shard = parallel.stacked_sharding(mesh, state, stage.num_hyps)
@@ -132,7 +131,7 @@ def test_benchmark_prints_json(trained, capsys, tmp_path):
     config.benchmark.stages = 'direct_rgb'
     config.benchmark.remat = (False, True)
     config.benchmark.grad_accum = (1, 4)
-  results = benchmark.run(config, str(tmp_path))
+  results = train_benchmark.run(config, str(tmp_path))
   out = capsys.readouterr().out.splitlines()
   parsed = json.loads(out[0])
   assert parsed == json.loads((tmp_path / 'benchmark' / 'benchmark.json').read_text())
@@ -180,7 +179,7 @@ def test_unknown_config_key_fails(tmp_path):
 
 def test_pseudo3d_lifts_every_person(trained, tmp_path):
   config, workdir = trained
-  from deepskeleton_jax import pseudo3d  # pylint: disable=g-import-not-at-top
+  from deepskeleton_jax.evaluation import pseudo3d  # pylint: disable=g-import-not-at-top
   with config.unlocked():
     config.predict.output_dir = str(tmp_path)
   path = pseudo3d.write_pseudo_3d(config, workdir)
@@ -213,7 +212,7 @@ def test_plateau_schedule_decays_after_patience(trained, tmp_path):
     config.direct_rgb.train.update(schedule='plateau', plateau_every=1, plateau_patience=1,
                                    num_steps=4, checkpoint_every=4)
   tcfg = config.direct_rgb.train
-  train.train_stage(config, str(tmp_path), 'direct_rgb')
+  train_loop.train_stage(config, str(tmp_path), 'direct_rgb')
   records = [json.loads(l) for l in
              (tmp_path / 'direct_rgb' / 'metrics.jsonl').read_text().splitlines()]
   vals = [r for r in records if 'val_loss' in r]
@@ -229,11 +228,11 @@ def test_plateau_schedule_decays_after_patience(trained, tmp_path):
   stage = stages_lib.build(config, 'direct_rgb')
   mesh = parallel.make_mesh(1)
   state = checkpointing.load_variables(str(tmp_path), 'direct_rgb')
-  tx = train.make_optimizer(tcfg)
-  state = train.create_state(state['variables'], tx, state['norm'], jax.random.PRNGKey(0))
-  eval_loss = jax.jit(train.make_eval_loss(stage))
+  tx = train_loop.make_optimizer(tcfg)
+  state = train_loop.create_state(state['variables'], tx, state['norm'], jax.random.PRNGKey(0))
+  eval_loss = jax.jit(train_loop.make_eval_loss(stage))
   writer = metric_writer.MetricWriter(str(tmp_path / 'again'))
   for want in (1.0, tcfg.decay_factor, tcfg.decay_factor ** 2):
-    state = train._plateau(config, stage, state, eval_loss, None, mesh, tcfg, writer, 0)  # pylint: disable=protected-access
+    state = train_loop._plateau(config, stage, state, eval_loss, None, mesh, tcfg, writer, 0)  # pylint: disable=protected-access
     np.testing.assert_allclose(float(state.lr_scale), want, rtol=1e-6)
   writer.close()

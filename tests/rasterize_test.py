@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deepskeleton_jax import rasterize
-from deepskeleton_jax import rasterize_benchmark
-from deepskeleton_jax import skeleton
+from deepskeleton_jax.geometry import rasterize
+from benchmarks import rasterize_benchmark
+from deepskeleton_jax.geometry import skeleton
 
 COLORS = np.concatenate([skeleton.BONE_COLORS, np.zeros((1, 3), np.float32)])
 DIST_TOL = 1e-3    # px^2: coverage within this of the radius is ambiguous.

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from deepskeleton_jax import skeleton
+from deepskeleton_jax.geometry import skeleton
 
 
 def test_bones_form_a_tree_over_all_joints():

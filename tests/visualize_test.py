@@ -9,8 +9,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from deepskeleton_jax import skeleton
-from deepskeleton_jax import visualize
+from deepskeleton_jax.geometry import skeleton
+from deepskeleton_jax.evaluation import figures
 
 _STANDING = {
     'thorax': (0, 0, 0), 'upper_neck': (0, -60, 0), 'head_top': (0, -260, 20),
@@ -58,7 +58,7 @@ def test_draw_skeleton_2d_horizontal_bone_pixels(bone, outline):
   joints[a], joints[b] = (20, 30), (80, 30)
   visible = np.zeros(16, bool)
   visible[[a, b]] = True
-  lines = visualize.draw_skeleton_2d(ax, joints, visible, linewidth=4.0,
+  lines = figures.draw_skeleton_2d(ax, joints, visible, linewidth=4.0,
                                      outline=outline)
   assert len(lines) == 1
   ax.set_xlim(0, 100)
@@ -90,13 +90,13 @@ def test_draw_skeleton_2d_skips_nonfinite_and_single_color():
   ax = fig.add_subplot()
   joints = _t_pose()[:, :2]
   joints[9] = np.nan  # head_top: the head bone (8, 9) goes.
-  lines = visualize.draw_skeleton_2d(ax, joints, color='red')
+  lines = figures.draw_skeleton_2d(ax, joints, color='red')
   assert len(lines) == 14
   assert all(line.get_color() == 'red' for line in lines)
 
 
 def test_camera_to_plot_is_a_rotation():
-  basis = visualize.camera_to_plot(np.eye(3))
+  basis = figures.camera_to_plot(np.eye(3))
   np.testing.assert_allclose(basis @ basis.T, np.eye(3))
   assert np.linalg.det(basis) == pytest.approx(1.0)
   # Camera "down" (+y) is plot "down" (-z); depth (+z) is plot +y.
@@ -108,7 +108,7 @@ def test_draw_skeleton_3d_line_data_upright():
   fig = Figure()
   ax = fig.add_subplot(projection='3d')
   pose = _t_pose()
-  lines = visualize.draw_skeleton_3d(ax, pose)
+  lines = figures.draw_skeleton_3d(ax, pose)
   assert len(lines) == 15
   head = np.asarray(lines[8].get_data_3d())  # bone (8, 9): neck -> head top
   np.testing.assert_allclose(head[:, 1], [pose[9, 0], pose[9, 2], -pose[9, 1]])
@@ -124,7 +124,7 @@ def test_draw_skeleton_3d_line_data_upright():
 def test_draw_skeleton_3d_head_above_feet_in_image(view):
   fig = Figure(figsize=(3, 3), dpi=100)
   ax = fig.add_subplot(projection='3d')
-  visualize.draw_skeleton_3d(ax, _t_pose(), view=view, linewidth=3.0)
+  figures.draw_skeleton_3d(ax, _t_pose(), view=view, linewidth=3.0)
   rgb = _render(fig)
   head_rows, _ = _pixels_of(rgb, skeleton.BONE_COLORS[8])
   r_shin_rows, _ = _pixels_of(rgb, skeleton.BONE_COLORS[0])
@@ -141,7 +141,7 @@ def test_draw_skeleton_3d_camera_view_matches_projection():
   assert projected_x[10] < projected_x[15]  # r_wrist left of l_wrist
   fig = Figure(figsize=(3, 3), dpi=100)
   ax = fig.add_subplot(projection='3d')
-  visualize.draw_skeleton_3d(ax, pose, view=(0, -90), linewidth=3.0)
+  figures.draw_skeleton_3d(ax, pose, view=(0, -90), linewidth=3.0)
   rgb = _render(fig)
   _, r_cols = _pixels_of(rgb, skeleton.BONE_COLORS[9])   # r_forearm
   _, l_cols = _pixels_of(rgb, skeleton.BONE_COLORS[14])  # l_forearm
@@ -170,10 +170,10 @@ def _assert_no_temp_files(folder):
 
 def test_skeleton_maps_figure(tmp_path):
   fg, bg = _maps()
-  path = visualize.skeleton_maps_figure(_image(), fg, bg,
+  path = figures.skeleton_maps_figure(_image(), fg, bg,
                                         str(tmp_path / 'maps.png'), title='t')
   assert _png_size(path) == (900, 330)
-  path = visualize.skeleton_maps_figure(None, fg, bg,
+  path = figures.skeleton_maps_figure(None, fg, bg,
                                         str(tmp_path / 'sub' / 'maps2.png'))
   assert _png_size(path) == (600, 300)
   _assert_no_temp_files(tmp_path)
@@ -183,7 +183,7 @@ def test_skeleton_maps_figure(tmp_path):
 def test_prediction_figure(tmp_path):
   fg, bg = _maps()
   hyps = _hypotheses()
-  path = visualize.prediction_figure(
+  path = figures.prediction_figure(
       str(tmp_path / 'pred.png'), _image(), np.full((16, 2), 32.0), fg, bg,
       hyps, 1, gt_3d=_t_pose(), title='x')
   assert _png_size(path) == (1300, 360)
@@ -194,7 +194,7 @@ def test_prediction_figure_contents():
   fg, bg = _maps()
   hyps = _hypotheses(4) + [0, 0, 3000]  # not root-relative: shown so
   image = _image(48)
-  fig = visualize.prediction_figure(None, image, np.full((16, 2), 20.0), fg,
+  fig = figures.prediction_figure(None, image, np.full((16, 2), 20.0), fg,
                                     bg, hyps, 2)
   ax2d, _, _, ax3d = fig.axes
   # Continuous pixel convention: pixel (i, j) covers [j, j+1) x [i, i+1).
@@ -207,13 +207,13 @@ def test_prediction_figure_contents():
   rel = hyps[2] - hyps[2, skeleton.ROOT]
   a, b = skeleton.BONES[0]
   np.testing.assert_allclose(np.asarray(chosen[0].get_data_3d()).T,
-                             visualize.camera_to_plot(rel[[a, b]]))
+                             figures.camera_to_plot(rel[[a, b]]))
 
 
 def test_hypotheses_figure(tmp_path):
   hyps = _hypotheses(3)
   proj = np.random.default_rng(3).uniform(0, 64, (3, 16, 2))
-  path = visualize.hypotheses_figure(str(tmp_path / 'h.png'), _image(), proj,
+  path = figures.hypotheses_figure(str(tmp_path / 'h.png'), _image(), proj,
                                      hyps, 0, gt_3d=_t_pose())
   assert _png_size(path) == (780, 555)
   _assert_no_temp_files(tmp_path)
@@ -226,11 +226,11 @@ def test_training_curves_figure(tmp_path):
   rows.append({'step': 10, 'eval/mpjpe': 80.0})
   metrics.write_text(''.join(json.dumps(r) + '\n' for r in rows)
                      + '{"step": 30, "train/lo')  # torn last line
-  path = visualize.training_curves_figure(str(metrics),
+  path = figures.training_curves_figure(str(metrics),
                                           str(tmp_path / 'curves.png'))
   assert _png_size(path) == (1200, 280)
   _assert_no_temp_files(tmp_path)
-  fig = visualize.training_curves_figure(str(metrics), None)
+  fig = figures.training_curves_figure(str(metrics), None)
   by_title = {ax.get_title(): ax for ax in fig.axes}
   assert set(by_title) == {'train/loss', 'lr', 'eval/mpjpe'}
   assert by_title['train/loss'].get_yscale() == 'log'
@@ -242,21 +242,21 @@ def test_training_curves_figure(tmp_path):
 
 def test_training_curves_figure_bad_input(tmp_path):
   with pytest.raises(ValueError, match='does not exist'):
-    visualize.training_curves_figure(str(tmp_path / 'none.jsonl'), None)
+    figures.training_curves_figure(str(tmp_path / 'none.jsonl'), None)
   bad = tmp_path / 'bad.jsonl'
   bad.write_text('{"step": 0, "loss": 1}\nnot json\n{"step": 1, "loss": 1}\n')
   with pytest.raises(ValueError, match=r'bad.jsonl:2'):
-    visualize.training_curves_figure(str(bad), None)
+    figures.training_curves_figure(str(bad), None)
   empty = tmp_path / 'empty.jsonl'
   empty.write_text('{"step": 0, "name": "a"}\n')
   with pytest.raises(ValueError, match='no numeric metrics'):
-    visualize.training_curves_figure(str(empty), None)
+    figures.training_curves_figure(str(empty), None)
 
 
 def test_failed_write_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
   fg, bg = _maps()
   path = str(tmp_path / 'maps.png')
-  visualize.skeleton_maps_figure(None, fg, bg, path)
+  figures.skeleton_maps_figure(None, fg, bg, path)
   before = open(path, 'rb').read()
 
   def broken_print_png(self, f, **unused_kwargs):
@@ -264,9 +264,9 @@ def test_failed_write_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
     f.write(b'partial')
     raise OSError('disk full')
 
-  monkeypatch.setattr(visualize.FigureCanvasAgg, 'print_png', broken_print_png)
+  monkeypatch.setattr(figures.FigureCanvasAgg, 'print_png', broken_print_png)
   with pytest.raises(OSError, match='disk full'):
-    visualize.skeleton_maps_figure(None, fg, bg, path)
+    figures.skeleton_maps_figure(None, fg, bg, path)
   assert open(path, 'rb').read() == before
   assert os.listdir(tmp_path) == ['maps.png']
 
@@ -275,14 +275,14 @@ def test_bad_shapes_raise():
   fg, bg = _maps()
   hyps = _hypotheses(2)
   with pytest.raises(ValueError, match='joints_2d'):
-    visualize.draw_skeleton_2d(Figure().add_subplot(), np.zeros((15, 2)))
+    figures.draw_skeleton_2d(Figure().add_subplot(), np.zeros((15, 2)))
   with pytest.raises(ValueError, match='hypotheses'):
-    visualize.prediction_figure(None, _image(), np.zeros((16, 2)), fg, bg,
+    figures.prediction_figure(None, _image(), np.zeros((16, 2)), fg, bg,
                                 hyps[:, :, :2], 0)
   with pytest.raises(ValueError, match='chosen_index'):
-    visualize.prediction_figure(None, _image(), np.zeros((16, 2)), fg, bg,
+    figures.prediction_figure(None, _image(), np.zeros((16, 2)), fg, bg,
                                 hyps, 2)
   with pytest.raises(ValueError, match='projections'):
-    visualize.hypotheses_figure(None, _image(), np.zeros((3, 16, 2)), hyps, 0)
+    figures.hypotheses_figure(None, _image(), np.zeros((3, 16, 2)), hyps, 0)
   with pytest.raises(ValueError, match='fg'):
-    visualize.skeleton_maps_figure(None, fg[..., :2], bg, None)
+    figures.skeleton_maps_figure(None, fg[..., :2], bg, None)

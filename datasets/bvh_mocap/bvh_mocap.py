@@ -39,10 +39,10 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
-from deepskeleton_jax import bvh
-from deepskeleton_jax import camera
-from deepskeleton_jax import dataset_common
-from deepskeleton_jax import skeleton
+from . import bvh
+from deepskeleton_jax.geometry import camera
+from deepskeleton_jax.data import example_format
+from deepskeleton_jax.geometry import skeleton
 
 _LAYOUT = """\
 <manual_dir>/
@@ -131,7 +131,7 @@ class BvhMocap(tfds.core.GeneratorBasedBuilder):
     super().__init__(file_format=file_format, **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return dataset_common.dataset_info(
+    return example_format.dataset_info(
         self, description=__doc__, homepage='http://mocap.cs.cmu.edu/')
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -182,10 +182,10 @@ class BvhMocap(tfds.core.GeneratorBasedBuilder):
           joints_3d = camera.world_to_camera(joints, rotation, translation)
           try:
             if not np.all(joints_3d[:, 2] > 0):
-              raise dataset_common.InvalidExample('joints behind the camera')
+              raise example_format.InvalidExample('joints behind the camera')
             joints_2d = camera.project_intrinsics(joints_3d, intrinsics)
             lo, hi = joints_2d.min(axis=0), joints_2d.max(axis=0)
-            example = dataset_common.make_example(
+            example = example_format.make_example(
                 None, center=(lo + hi) / 2,
                 box_size=float(np.max(hi - lo)) * cfg.box_margin,
                 crop_size=cfg.crop_size, crop_scale=cfg.crop_scale,
@@ -193,7 +193,7 @@ class BvhMocap(tfds.core.GeneratorBasedBuilder):
                 joints_3d=joints_3d, intrinsics=intrinsics,
                 subject=path.stem.split('_')[0], action=path.stem,
                 camera_id=f'virtual{k}', image_name=rel, frame=int(frame))
-          except dataset_common.InvalidExample:
+          except example_format.InvalidExample:
             rejected += 1
             continue
           yield f'{rel}#{frame}#{k}', example

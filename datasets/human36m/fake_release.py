@@ -14,8 +14,8 @@ import cdflib.cdfwrite
 import cv2
 import numpy as np
 
-from deepskeleton_jax import h36m_cameras
-from deepskeleton_jax import skeleton
+from . import h36m_cameras
+from deepskeleton_jax.geometry import skeleton
 
 # The 16 joints of skeleton.JOINT_NAMES for a standing figure facing -y
 # (x to its left is the world's +x), millimetres, z up.

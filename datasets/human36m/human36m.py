@@ -50,9 +50,9 @@ import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 
-from deepskeleton_jax import dataset_common
-from deepskeleton_jax import h36m_cameras
-from deepskeleton_jax import skeleton
+from deepskeleton_jax.data import example_format
+from . import h36m_cameras
+from deepskeleton_jax.geometry import skeleton
 
 _LAYOUT = """\
 <manual_dir>/
@@ -202,7 +202,7 @@ class Human36m(tfds.core.GeneratorBasedBuilder):
     super().__init__(file_format=file_format, **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return dataset_common.dataset_info(
+    return example_format.dataset_info(
         self, description=__doc__, homepage='http://vision.imar.ro/human3.6m',
         citation='@article{h36m_pami, author = {Ionescu, Catalin and Papava, '
         'Dragos and Olaru, Vlad and Sminchisescu, Cristian}, title = '
@@ -284,7 +284,7 @@ class Human36m(tfds.core.GeneratorBasedBuilder):
           try:
             _check_joints(joints_3d[i], joints_2d[i], image.shape)
             lo, hi = joints_2d[i].min(axis=0), joints_2d[i].max(axis=0)
-            example = dataset_common.make_example(
+            example = example_format.make_example(
                 image, center=(lo + hi) / 2,
                 box_size=float(np.max(hi - lo)) * cfg.box_margin,
                 crop_size=cfg.crop_size, crop_scale=cfg.crop_scale,
@@ -292,7 +292,7 @@ class Human36m(tfds.core.GeneratorBasedBuilder):
                 joints_3d=joints_3d[i], intrinsics=cam.intrinsics,
                 subject=seq.subject, action=seq.action, camera_id=cam_id,
                 image_name=f'{seq.subject}/Videos/{video.name}', frame=frame)
-          except dataset_common.InvalidExample:
+          except example_format.InvalidExample:
             rejected += 1
             continue
           yield f'{seq.subject}/{seq.action}.{cam_id}/{frame}', example
@@ -305,10 +305,10 @@ def _check_joints(joints_3d: np.ndarray, joints_2d: np.ndarray,
                   image_shape: tuple[int, ...]) -> None:
   """Raises InvalidExample for NaN, behind-camera or far-off-frame joints."""
   if not (np.all(np.isfinite(joints_3d)) and np.all(np.isfinite(joints_2d))):
-    raise dataset_common.InvalidExample('non-finite joints')
+    raise example_format.InvalidExample('non-finite joints')
   if not np.all(joints_3d[:, 2] > 0):
-    raise dataset_common.InvalidExample('joints behind the camera')
+    raise example_format.InvalidExample('joints behind the camera')
   h, w = image_shape[:2]
   if np.any(joints_2d < -np.array([w, h])) or np.any(
       joints_2d > 2 * np.array([w, h])):
-    raise dataset_common.InvalidExample('joints far outside the frame')
+    raise example_format.InvalidExample('joints far outside the frame')

@@ -53,9 +53,9 @@ import numpy as np
 import scipy.io
 import tensorflow_datasets as tfds
 
-from deepskeleton_jax import dataset_common
-from deepskeleton_jax import image_ops
-from deepskeleton_jax import skeleton
+from deepskeleton_jax.data import example_format
+from deepskeleton_jax.data import image_ops
+from deepskeleton_jax.geometry import skeleton
 
 K = skeleton.NUM_JOINTS
 
@@ -267,7 +267,7 @@ class Mpii(tfds.core.GeneratorBasedBuilder):
     super().__init__(file_format=file_format, **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return dataset_common.dataset_info(
+    return example_format.dataset_info(
         self, description=__doc__, homepage='http://human-pose.mpi-inf.mpg.de',
         citation='@inproceedings{andriluka14cvpr, author = {Andriluka, Mykhaylo '
         'and Pishchulin, Leonid and Gehler, Peter and Schiele, Bernt}, title = '
@@ -341,14 +341,14 @@ class Mpii(tfds.core.GeneratorBasedBuilder):
       try:
         _check_joints(person, image.shape)
         center = person.center + (0.0, cfg.center_shift * person.scale)
-        example = dataset_common.make_example(
+        example = example_format.make_example(
             image, center=center,
             box_size=person.scale * 200.0 * cfg.box_scale_factor,
             crop_size=cfg.crop_size, crop_scale=cfg.crop_scale,
             joints_2d=person.joints, visible=person.visible,
             joints_3d=joints_3d, head_size=person.head_size,
             image_name=person.image, frame=person.person)
-      except dataset_common.InvalidExample:
+      except example_format.InvalidExample:
         rejected += 1
         continue
       with_3d += joints_3d is not None
@@ -383,9 +383,9 @@ def _check_joints(person: Person, image_shape: tuple[int, ...]) -> None:
   joints = person.joints[person.visible]
   if not (np.all(np.isfinite(joints)) and np.all(np.isfinite(person.center))
           and np.isfinite(person.scale)):
-    raise dataset_common.InvalidExample('non-finite annotation')
+    raise example_format.InvalidExample('non-finite annotation')
   if person.scale <= 0:
-    raise dataset_common.InvalidExample('non-positive scale')
+    raise example_format.InvalidExample('non-positive scale')
   size = np.array([w, h])
   if np.any(joints < -size) or np.any(joints > 2 * size):
-    raise dataset_common.InvalidExample('joints far outside the image')
+    raise example_format.InvalidExample('joints far outside the image')

@@ -30,9 +30,9 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
-from deepskeleton_jax import dataset_common
-from deepskeleton_jax import pose_sampler
-from deepskeleton_jax import synthetic_render
+from deepskeleton_jax.data import example_format
+from . import pose_sampler
+from . import synthetic_render
 
 CROP_SCALE = 1.5
 EXAMPLES_PER_PERSON = 16
@@ -64,7 +64,7 @@ class Synthetic(tfds.core.GeneratorBasedBuilder):
       name='default', description='3000 train / 300 test crops of 144 px.')]
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return dataset_common.dataset_info(
+    return example_format.dataset_info(
         self, description=__doc__,
         homepage='https://arxiv.org/abs/1711.10796')
 
@@ -86,7 +86,7 @@ class Synthetic(tfds.core.GeneratorBasedBuilder):
     for index in range(num):
       try:
         yield index, make_synthetic_example(cfg.seed, split, index, cfg.crop_size)
-      except dataset_common.InvalidExample as e:
+      except example_format.InvalidExample as e:
         rejected += 1
         logging.warning('synthetic %s example %d rejected: %s', split, index, e)
     logging.info('synthetic %s: %d examples written, %d rejected.', split,
@@ -107,7 +107,7 @@ def make_synthetic_example(seed: int, split: str, index: int, crop_size: int
     The example dict.
 
   Raises:
-    dataset_common.InvalidExample: non-finite joints or joints outside the
+    example_format.InvalidExample: non-finite joints or joints outside the
       stored crop.
   """
   person_id = index // EXAMPLES_PER_PERSON
@@ -119,10 +119,10 @@ def make_synthetic_example(seed: int, split: str, index: int, crop_size: int
                                           CROP_SCALE)
   if not (np.all(np.isfinite(sample.joints_2d))
           and np.all(sample.joints_2d >= 0) and np.all(sample.joints_2d <= crop_size)):
-    raise dataset_common.InvalidExample(
+    raise example_format.InvalidExample(
         f'joints_2d outside the {crop_size} px crop or not finite')
   subject = f'{split}_person{person_id:05d}'
-  return dataset_common.make_example(
+  return example_format.make_example(
       sample.image, center=np.full(2, crop_size / 2.0),
       box_size=crop_size / CROP_SCALE, crop_size=crop_size,
       crop_scale=CROP_SCALE, joints_2d=sample.joints_2d,

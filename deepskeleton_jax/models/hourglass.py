@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.io
 
-from deepskeleton_jax import skeleton
+from deepskeleton_jax.geometry import skeleton
 
 Array = Any
 

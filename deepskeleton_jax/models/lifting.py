@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deepskeleton_jax import skeleton
+from deepskeleton_jax.geometry import skeleton
 
 Array = Any
 

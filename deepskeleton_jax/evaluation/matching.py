@@ -29,9 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deepskeleton_jax import camera
-from deepskeleton_jax import metrics
-from deepskeleton_jax import skeleton
+from deepskeleton_jax.geometry import camera
+from deepskeleton_jax.evaluation import metrics
+from deepskeleton_jax.geometry import skeleton
 
 Array = Any
 

@@ -6,11 +6,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from deepskeleton_jax import camera
-from deepskeleton_jax import datasets_lib
-from deepskeleton_jax import pose_sampler
-from deepskeleton_jax import skeleton
-from deepskeleton_jax import synthetic_render
+from deepskeleton_jax.geometry import camera
+from deepskeleton_jax.data import registry
+from deepskeleton_jax.geometry import skeleton
+
+pose_sampler = registry.load_module('synthetic', 'pose_sampler')
+synthetic_render = registry.load_module('synthetic', 'synthetic_render')
 
 TINY = {'num_train': 16, 'num_test': 8, 'crop_size': 64, 'seed': 3}
 
@@ -22,14 +23,14 @@ def _config(data_dir, **kwargs):
 
 
 def _read(cfg, split):
-  source = datasets_lib.data_source(cfg, split)
+  source = registry.data_source(cfg, split)
   return [source[i] for i in range(len(source))]
 
 
 @pytest.fixture(scope='module')
 def built(tmp_path_factory):
   cfg = _config(tmp_path_factory.mktemp('tfds'))
-  datasets_lib.prepare(cfg)
+  registry.prepare(cfg)
   return cfg
 
 
@@ -89,9 +90,9 @@ def test_bone_lengths_constant_per_person_and_anthropometric(built):
 
 def test_build_is_deterministic_per_seed(built, tmp_path):
   again = _config(tmp_path / 'again')
-  datasets_lib.prepare(again)
+  registry.prepare(again)
   other = _config(tmp_path / 'other', seed=4)
-  datasets_lib.prepare(other)
+  registry.prepare(other)
   for split in ('train', 'test'):
     first = {int(ex['frame']): ex for ex in _read(built, split)}
     second = {int(ex['frame']): ex for ex in _read(again, split)}
@@ -155,7 +156,7 @@ def test_invalid_examples_are_rejected_and_counted(tmp_path, monkeypatch, caplog
     return sample
 
   monkeypatch.setattr(synthetic_render, 'render_sample', broken)
-  builder = datasets_lib.get_builder(_config(tmp_path, num_train=6))
+  builder = registry.get_builder(_config(tmp_path, num_train=6))
   with caplog.at_level(logging.INFO):
     examples = list(builder._generate_examples('train'))
   assert [k for k, _ in examples] == [0, 2, 3, 5]
@@ -164,5 +165,5 @@ def test_invalid_examples_are_rejected_and_counted(tmp_path, monkeypatch, caplog
 
 def test_bad_options_fail_before_writing(tmp_path):
   with pytest.raises(ValueError, match='builder_kwargs.crop_size must be >= 16'):
-    datasets_lib.prepare(_config(tmp_path / 'data', crop_size=4))
+    registry.prepare(_config(tmp_path / 'data', crop_size=4))
   assert not (tmp_path / 'data').exists()

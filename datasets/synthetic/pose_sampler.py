@@ -20,7 +20,7 @@ import dataclasses
 
 import numpy as np
 
-from deepskeleton_jax import skeleton
+from deepskeleton_jax.geometry import skeleton
 
 J = skeleton.JOINT_INDEX
 

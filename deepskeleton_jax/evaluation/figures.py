@@ -33,7 +33,7 @@ from matplotlib.lines import Line2D
 from mpl_toolkits.mplot3d import Axes3D
 import numpy as np
 
-from deepskeleton_jax import skeleton
+from deepskeleton_jax.geometry import skeleton
 
 # Default novel viewpoint (elevation, azimuth) in degrees: 30 degrees around
 # the vertical axis from the camera's own view (azim=-90), slightly above.

@@ -3,9 +3,12 @@
 Rule (shared by every dataset): the folder `datasets/<name>/` holds the module
 `<name>.py` with one `tfds.core.GeneratorBasedBuilder` subclass whose TFDS
 name is `<name>`, and a `tfds.core.BuilderConfig` dataclass subclass with its
-options (`BUILDER_CONFIGS[0]` is the default). `datasets/` is not a Python
-package, so modules are loaded by path (once per process, without TFDS's
-global registration, which would clash with a second import).
+options (`BUILDER_CONFIGS[0]` is the default), next to the code only that
+builder uses (imported relatively, `from . import bvh`).
+
+The folders are imported as subpackages of `deepskeleton_jax.datasets`
+(`deepskeleton_jax.datasets.<name>.<module>`, see there), once per process and
+without TFDS's global registration (which would clash with a second import).
 
 `data_config.builder_kwargs` overrides fields of the default config; the
 resulting config is named after the default plus the non-default fields in
@@ -20,20 +23,22 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
+import importlib
 import os
 import pathlib
 import shutil
-import sys
 import threading
+import types
 from typing import Any
 
 from absl import logging
 import tensorflow_datasets as tfds
 
-DATASETS_DIR = pathlib.Path(__file__).resolve().parent.parent / 'datasets'
+from deepskeleton_jax import datasets as datasets_package
+from deepskeleton_jax import errors
+
+DATASETS_DIR = datasets_package.DATASETS_DIR
 PREPARE_COMMAND = 'python run.py --mode=prepare --config=<your config file and overrides>'
-_MODULE_PREFIX = 'deepskeleton_jax_dataset_'  # No dot: TFDS would import a package.
 _LOAD_LOCK = threading.RLock()
 _BASE_FIELDS = frozenset(f.name for f in dataclasses.fields(tfds.core.BuilderConfig))
 
@@ -46,36 +51,30 @@ def available() -> list[str]:
                 if (p / f'{p.name}.py').is_file())
 
 
-def load_module(name: str):
-  """Imports `datasets/<name>/<name>.py` (cached per process).
+def load_module(name: str, module: str | None = None) -> types.ModuleType:
+  """Imports `datasets/<name>/<module>.py` (default `<name>.py`), once per process.
 
   Args:
-    name: dataset name.
+    name: dataset name (its folder under `datasets/`).
+    module: a module of that folder (default: the builder module `<name>`),
+      e.g. `('human36m', 'fake_release')`.
 
   Returns:
-    The module.
+    The module `deepskeleton_jax.datasets.<name>.<module>`.
 
   Raises:
-    ValueError: no such dataset.
+    errors.ConfigError: no such dataset or module.
   """
-  module_name = _MODULE_PREFIX + name
+  module = module or name
+  path = DATASETS_DIR / name / f'{module}.py'
+  if not path.is_file():
+    raise errors.ConfigError(
+        f'data.name: no dataset {name!r} ({path} does not exist); available: '
+        f'{available()}')
   with _LOAD_LOCK:  # Threads must not see a half-executed module.
-    if module_name in sys.modules:
-      return sys.modules[module_name]
-    path = DATASETS_DIR / name / f'{name}.py'
-    if not path.is_file():
-      raise ValueError(f'data.name: no dataset {name!r} ({path} does not '
-                       f'exist); available: {available()}')
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-      with tfds.core.registered.skip_registration():
-        spec.loader.exec_module(module)
-    except BaseException:
-      del sys.modules[module_name]
-      raise
-    return module
+    datasets_package.__path__[:] = [str(DATASETS_DIR)]  # tests reassign DATASETS_DIR
+    with tfds.core.registered.skip_registration():
+      return importlib.import_module(f'{datasets_package.__name__}.{name}.{module}')
 
 
 def builder_class(name: str) -> type[tfds.core.GeneratorBasedBuilder]:
@@ -110,7 +109,7 @@ def _format_value(value: Any) -> str:
 def _coerce(key: str, default: Any, value: Any) -> Any:
   """Converts an override to the type of the field's default value."""
   def fail():
-    return ValueError(f'data.builder_kwargs.{key}: expected a value like '
+    return errors.ConfigError(f'data.builder_kwargs.{key}: expected a value like '
                       f'{default!r} ({type(default).__name__}), got {value!r}')
   if isinstance(default, bool):
     if not isinstance(value, bool):
@@ -146,7 +145,7 @@ def make_config(cls: type[tfds.core.GeneratorBasedBuilder],
     the same class named deterministically from the non-default fields.
 
   Raises:
-    ValueError: an unknown field, or a value of the wrong type.
+    errors.ConfigError: an unknown field, or a value of the wrong type.
   """
   if not cls.BUILDER_CONFIGS:
     raise ValueError(f'{cls.__name__}.BUILDER_CONFIGS is empty')
@@ -156,7 +155,7 @@ def make_config(cls: type[tfds.core.GeneratorBasedBuilder],
   changed = {}
   for key, value in sorted(to_dict(builder_kwargs).items()):
     if key not in options:
-      raise ValueError(f'data.builder_kwargs.{key}: not an option of {cls.name}; '
+      raise errors.ConfigError(f'data.builder_kwargs.{key}: not an option of {cls.name}; '
                        f'options: {sorted(options)}')
     value = _coerce(key, options[key], value)
     if value != options[key]:
@@ -194,7 +193,7 @@ def get_builder(data_config: Any) -> tfds.core.GeneratorBasedBuilder:
   return cls(config=config, data_dir=data_dir, file_format='array_record')
 
 
-class DatasetNotBuiltError(FileNotFoundError):
+class DatasetNotBuiltError(errors.UserError, FileNotFoundError):
   """Reading a dataset that has not been built (prepared) yet."""
 
 
@@ -228,7 +227,7 @@ def prepare(data_config: Any) -> tfds.core.GeneratorBasedBuilder:
   if manual_dir:
     manual_dir = os.path.expanduser(manual_dir)
     if not os.path.isdir(manual_dir):
-      raise ValueError(f'data.manual_dir: {manual_dir} is not a directory '
+      raise errors.ConfigError(f'data.manual_dir: {manual_dir} is not a directory '
                        f'(expected the downloaded files of {builder.name})')
   root = pathlib.Path(builder.data_dir_root)
   dataset_dir = root / builder.name
@@ -266,7 +265,7 @@ def data_source(data_config: Any, split: str, decode_image: bool = True):
   Raises:
     DatasetNotBuiltError: the dataset is not built (the message gives the
       prepare command and the data_dir).
-    ValueError: the split does not exist.
+    errors.ConfigError: the split does not exist.
   """
   return split_source(get_builder(data_config), split, decode_image)
 
@@ -278,7 +277,7 @@ def split_source(builder: tfds.core.DatasetBuilder, split: str,
     raise _not_built_error(builder)
   base_split = split.split('[')[0]
   if base_split not in builder.info.splits:
-    raise ValueError(f'split {split!r} not in {builder.name} '
+    raise errors.ConfigError(f'split {split!r} not in {builder.name} '
                      f'(splits: {sorted(builder.info.splits)})')
   decoders = None if decode_image else {'image': tfds.decode.SkipDecoding()}
   return builder.as_data_source(split, decoders=decoders)

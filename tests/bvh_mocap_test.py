@@ -1,28 +1,17 @@
 """Tests of the bvh_mocap builder on the CMU files in shared/data."""
 
-import importlib.util
-import pathlib
 import shutil
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from deepskeleton_jax import bvh
-from deepskeleton_jax import camera
-from deepskeleton_jax import skeleton
+from deepskeleton_jax.data import registry
+from deepskeleton_jax.geometry import camera
+from deepskeleton_jax.geometry import skeleton
 
-_MODULE = pathlib.Path(__file__).with_name('bvh_mocap.py')
-
-
-def _load_module():
-  spec = importlib.util.spec_from_file_location('bvh_mocap', _MODULE)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-bvh_mocap = _load_module()
+bvh = registry.load_module('bvh_mocap', 'bvh')
+bvh_mocap = registry.load_module('bvh_mocap')
 
 
 def _build(manual_dir, data_dir, **kwargs):

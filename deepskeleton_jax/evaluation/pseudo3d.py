@@ -23,9 +23,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from deepskeleton_jax import checkpointing
-from deepskeleton_jax import input_pipeline
-from deepskeleton_jax import stages as stages_lib
+from deepskeleton_jax.training import checkpointing
+from deepskeleton_jax.data import input_pipeline
+from deepskeleton_jax.training import stages as stages_lib
 from deepskeleton_jax.models import hypotheses
 
 

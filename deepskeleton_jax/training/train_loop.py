@@ -24,11 +24,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from deepskeleton_jax import checkpointing
-from deepskeleton_jax import input_pipeline
-from deepskeleton_jax import metric_writer
-from deepskeleton_jax import parallel
-from deepskeleton_jax import stages as stages_lib
+from deepskeleton_jax.training import checkpointing
+from deepskeleton_jax.data import input_pipeline
+from deepskeleton_jax.training import metric_writer
+from deepskeleton_jax.training import parallel
+from deepskeleton_jax.training import stages as stages_lib
 from deepskeleton_jax.models import hypotheses
 
 

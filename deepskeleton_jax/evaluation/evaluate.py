@@ -23,14 +23,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from deepskeleton_jax import camera
-from deepskeleton_jax import checkpointing
-from deepskeleton_jax import config_lib
-from deepskeleton_jax import input_pipeline
-from deepskeleton_jax import matching
-from deepskeleton_jax import metrics
-from deepskeleton_jax import parallel
-from deepskeleton_jax import stages as stages_lib
+from deepskeleton_jax.geometry import camera
+from deepskeleton_jax.training import checkpointing
+from deepskeleton_jax.training import config_lib
+from deepskeleton_jax.data import input_pipeline
+from deepskeleton_jax.evaluation import matching
+from deepskeleton_jax.evaluation import metrics
+from deepskeleton_jax.training import parallel
+from deepskeleton_jax.training import stages as stages_lib
 from deepskeleton_jax.models import hourglass
 from deepskeleton_jax.models import hypotheses
 
@@ -345,14 +345,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 
 def _figures(config, data, out_dir):
-  from deepskeleton_jax import visualize  # pylint: disable=g-import-not-at-top
+  from deepskeleton_jax.evaluation import figures  # pylint: disable=g-import-not-at-top
   unit = stages_lib.unit_crop_index(config)
   n = min(config.eval.num_figures, len(data['mask']))
   for i in range(n):
     image = data['image'][i, unit]
     if 'maps' in data:
       b = config.hypotheses.base
-      visualize.skeleton_maps_figure(image, data['maps'][i, b, ..., :3], data['maps'][i, b, ..., 3:],
+      figures.skeleton_maps_figure(image, data['maps'][i, b, ..., :3], data['maps'][i, b, ..., 3:],
                                      os.path.join(out_dir, f'maps_{i}.png'),
                                      title=f'example {int(data["index"][i])}: predicted maps')
     if 'hyps' in data and 'detections' in data:
@@ -362,7 +362,7 @@ def _figures(config, data, out_dir):
                                      data['visible'][i:i + 1], intr)[0] for h in hyps])
       idx, _ = matching.select(hyps[None], data['detections'][i:i + 1],
                                data['visible'][i:i + 1], intr)
-      visualize.hypotheses_figure(os.path.join(out_dir, f'hypotheses_{i}.png'), image, proj,
+      figures.hypotheses_figure(os.path.join(out_dir, f'hypotheses_{i}.png'), image, proj,
                                   hyps, int(idx[0]),
                                   gt_3d=data['joints_3d'][i] if data['has_3d'][i] else None)
 

@@ -1,8 +1,6 @@
 """Tests of the human36m builder on a tiny fake release in the official layout."""
 
-import importlib.util
 import logging
-import pathlib
 import shutil
 
 import numpy as np
@@ -10,23 +8,14 @@ import pytest
 from scipy.spatial.transform import Rotation
 import tensorflow_datasets as tfds
 
-from deepskeleton_jax import camera
-from deepskeleton_jax import h36m_cameras
-from deepskeleton_jax import skeleton
+from deepskeleton_jax.data import registry
+from deepskeleton_jax.geometry import camera
+from deepskeleton_jax.geometry import skeleton
 
-_HERE = pathlib.Path(__file__).parent
 _CAMS = ('54138969', '55011271')
-
-
-def _load(name):
-  spec = importlib.util.spec_from_file_location(name, _HERE / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-human36m = _load('human36m')
-fake_release = _load('fake_release')
+human36m = registry.load_module('human36m')
+fake_release = registry.load_module('human36m', 'fake_release')
+h36m_cameras = registry.load_module('human36m', 'h36m_cameras')
 
 
 def _build(manual_dir, data_dir, **kwargs):

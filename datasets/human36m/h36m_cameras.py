@@ -27,7 +27,7 @@ import dataclasses
 
 import numpy as np
 
-from deepskeleton_jax import camera
+from deepskeleton_jax.geometry import camera
 
 CAMERA_IDS: tuple[str, ...] = ('54138969', '55011271', '58860488', '60457274')
 SUBJECTS: tuple[str, ...] = ('S1', 'S5', 'S6', 'S7', 'S8', 'S9', 'S11')

@@ -46,10 +46,10 @@ import chex
 import grain
 import numpy as np
 
-from deepskeleton_jax import camera
-from deepskeleton_jax import datasets_lib
-from deepskeleton_jax import image_ops
-from deepskeleton_jax import skeleton
+from deepskeleton_jax.geometry import camera
+from deepskeleton_jax.data import registry
+from deepskeleton_jax.data import image_ops
+from deepskeleton_jax.geometry import skeleton
 
 K = skeleton.NUM_JOINTS
 STRING_FIELDS = ('subject', 'action', 'camera', 'image_name')
@@ -258,15 +258,15 @@ class _SplitSource:
                source: Any | None = None):
     self._spec = types.SimpleNamespace(
         name=data_config.name, data_dir=getattr(data_config, 'data_dir', ''),
-        builder_kwargs=datasets_lib.to_dict(getattr(data_config, 'builder_kwargs', None)))
+        builder_kwargs=registry.to_dict(getattr(data_config, 'builder_kwargs', None)))
     self._split = split
     self._source = source
 
   def _open(self):
     with _OPEN_LOCK:  # Prefetch threads share this object.
       if self._source is None:
-        self._source = datasets_lib.split_source(
-            datasets_lib.get_builder(self._spec), self._split, decode_image=False)
+        self._source = registry.split_source(
+            registry.get_builder(self._spec), self._split, decode_image=False)
     return self._source
 
   def __getstate__(self):
@@ -363,7 +363,7 @@ def make_iterator(data_config: Any, split: str, global_batch_size: int, *,
 
   Raises:
     ValueError: bad batch size or process index, crop scales beyond the
-      stored crop; `datasets_lib.DatasetNotBuiltError` if not built.
+      stored crop; `registry.DatasetNotBuiltError` if not built.
   """
   if process_index is None or process_count is None:
     import jax  # pylint: disable=g-import-not-at-top
@@ -379,9 +379,9 @@ def make_iterator(data_config: Any, split: str, global_batch_size: int, *,
   batch = global_batch_size // process_count
   seed = int(data_config.seed if seed is None else seed)
   augment = bool(data_config.augment and shuffle) if augment is None else augment
-  builder = datasets_lib.get_builder(data_config)
+  builder = registry.get_builder(data_config)
   source = _SplitSource(data_config, split,
-                        datasets_lib.split_source(builder, split, decode_image=False))
+                        registry.split_source(builder, split, decode_image=False))
   n = len(source)
   crop_scales = tuple(data_config.crop_scales)
   if n:

@@ -1,9 +1,7 @@
 """Tests of the mpii builder: real samples (JSON route) and a fake .mat."""
 
-import importlib.util
 import json
 import logging
-import pathlib
 import shutil
 
 import h5py
@@ -13,19 +11,10 @@ import pytest
 import scipy.io
 import tensorflow_datasets as tfds
 
-from deepskeleton_jax import camera
+from deepskeleton_jax.data import registry
+from deepskeleton_jax.geometry import camera
 
-_MODULE = pathlib.Path(__file__).with_name('mpii.py')
-
-
-def _load_module():
-  spec = importlib.util.spec_from_file_location('mpii', _MODULE)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-mpii = _load_module()
+mpii = registry.load_module('mpii')
 
 
 def _build(manual_dir, data_dir, **kwargs):

@@ -35,8 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from deepskeleton_jax import rasterize
-from deepskeleton_jax import skeleton
+from deepskeleton_jax.geometry import rasterize
+from deepskeleton_jax.geometry import skeleton
 
 # A standing person (mm; x right, y down, z away from the camera), 16 joints.
 _TEMPLATE = np.array([

@@ -20,14 +20,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from deepskeleton_jax import camera
-from deepskeleton_jax import config_lib
-from deepskeleton_jax import evaluate
-from deepskeleton_jax import image_ops
-from deepskeleton_jax import matching
-from deepskeleton_jax import skeleton
-from deepskeleton_jax import stages as stages_lib
-from deepskeleton_jax import visualize
+from deepskeleton_jax.geometry import camera
+from deepskeleton_jax.training import config_lib
+from deepskeleton_jax.evaluation import evaluate
+from deepskeleton_jax.data import image_ops
+from deepskeleton_jax.evaluation import matching
+from deepskeleton_jax.geometry import skeleton
+from deepskeleton_jax.training import stages as stages_lib
+from deepskeleton_jax.evaluation import figures
 
 K = skeleton.NUM_JOINTS
 
@@ -119,7 +119,7 @@ def predict(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, A
       json.dump(record, f, indent=1)
     os.replace(tmp, json_path)
     maps = np.asarray(out['maps'][chosen, 0])
-    visualize.prediction_figure(os.path.join(out_dir, f'{name}.png'), image, np.asarray(joints_2d),
+    figures.prediction_figure(os.path.join(out_dir, f'{name}.png'), image, np.asarray(joints_2d),
                                 maps[..., :3], maps[..., 3:], hyps, chosen,
                                 title=f'{name}: hypothesis {chosen} chosen')
     logging.info('predict: %s -> %s/%s.{json,png}', path, out_dir, name)

@@ -27,10 +27,10 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from deepskeleton_jax import config_lib
-from deepskeleton_jax import datasets_lib
-from deepskeleton_jax import image_ops
-from deepskeleton_jax import input_pipeline
+from deepskeleton_jax.training import config_lib
+from deepskeleton_jax.data import registry
+from deepskeleton_jax.data import image_ops
+from deepskeleton_jax.data import input_pipeline
 
 
 def _rate(count: int, seconds: float) -> float:
@@ -51,13 +51,13 @@ def run(data_config: Any, split: str | None = None, batch_size: int = 32,
     Dict of images/s figures and the shapes they were measured at.
 
   Raises:
-    datasets_lib.DatasetNotBuiltError: the dataset is not built.
+    registry.DatasetNotBuiltError: the dataset is not built.
   """
   split = split or data_config.train_split
   data_config = ml_collections.ConfigDict(dict(data_config))
   data_config.worker_count = 0
-  builder = datasets_lib.get_builder(data_config)
-  source = datasets_lib.split_source(builder, split, decode_image=False)
+  builder = registry.get_builder(data_config)
+  source = registry.split_source(builder, split, decode_image=False)
   n = len(source)
   if n == 0:
     raise ValueError(f'split {split!r} of {builder.name} is empty')

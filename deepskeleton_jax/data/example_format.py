@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from deepskeleton_jax import camera
-from deepskeleton_jax import image_ops
-from deepskeleton_jax import skeleton
+from deepskeleton_jax.geometry import camera
+from deepskeleton_jax.data import image_ops
+from deepskeleton_jax.geometry import skeleton
 
 K = skeleton.NUM_JOINTS
 

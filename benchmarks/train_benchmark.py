@@ -27,11 +27,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from deepskeleton_jax import config_lib
-from deepskeleton_jax import parallel
-from deepskeleton_jax import skeleton
-from deepskeleton_jax import stages as stages_lib
-from deepskeleton_jax import train as train_lib
+from deepskeleton_jax.training import config_lib
+from deepskeleton_jax.training import parallel
+from deepskeleton_jax.geometry import skeleton
+from deepskeleton_jax.training import stages as stages_lib
+from deepskeleton_jax.training import train_loop as train_lib
 from deepskeleton_jax.models import hypotheses
 
 # Dense peak FLOP/s per device for MFU (bfloat16 / float32-via-TF32 tensor cores).
@@ -249,12 +249,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     row['device_peak_memory_bytes'] = _device_peak_memory()
     results['rows'].append(row)
   try:
-    from deepskeleton_jax import rasterize_benchmark  # pylint: disable=g-import-not-at-top
+    from benchmarks import rasterize_benchmark  # pylint: disable=g-import-not-at-top
     results['rasterizer'] = rasterize_benchmark.run()
   except ImportError:
     logging.warning('rasterize_benchmark is not available')
   try:
-    from deepskeleton_jax import input_benchmark  # pylint: disable=g-import-not-at-top
+    from benchmarks import input_benchmark  # pylint: disable=g-import-not-at-top
     results['input_pipeline'] = input_benchmark.run(config.data)
   except (ImportError, FileNotFoundError) as e:
     logging.warning('input pipeline benchmark skipped: %s', e)

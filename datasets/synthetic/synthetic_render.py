@@ -21,8 +21,8 @@ import dataclasses
 import cv2
 import numpy as np
 
-from deepskeleton_jax import pose_sampler
-from deepskeleton_jax import skeleton
+from . import pose_sampler
+from deepskeleton_jax.geometry import skeleton
 
 J = skeleton.JOINT_INDEX
 

@@ -27,9 +27,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from deepskeleton_jax import config_lib
-from deepskeleton_jax import rasterize
-from deepskeleton_jax import skeleton
+from deepskeleton_jax.training import config_lib
+from deepskeleton_jax.geometry import rasterize
+from deepskeleton_jax.geometry import skeleton
 from deepskeleton_jax.models import hourglass
 from deepskeleton_jax.models import hypotheses
 from deepskeleton_jax.models import lifting

@@ -39,7 +39,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
-from deepskeleton_jax import skeleton
+from deepskeleton_jax.geometry import skeleton
 
 _BONES = np.asarray(skeleton.BONES, dtype=np.int32)
 _NUM_BONES = skeleton.NUM_BONES

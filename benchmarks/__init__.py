@@ -1,0 +1,1 @@
+"""Benchmarks (outside the library): train/inference steps, the rasterizer vs OpenCV, the input pipeline."""

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, hypothesis matching, report tables, evaluation, prediction, figures."""

@@ -1,0 +1,1 @@
+"""Training: config building blocks, stages, the sharded train step and loop, checkpoints."""
