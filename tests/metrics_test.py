@@ -10,6 +10,7 @@ import scipy.io
 from scipy.spatial.transform import Rotation
 
 from deepskeleton_jax.evaluation import metrics
+from deepskeleton_jax.evaluation import tables
 from deepskeleton_jax.geometry import skeleton
 
 
@@ -237,7 +238,7 @@ _TABLE6 = {
 
 def test_per_action_table_layout_and_deltas():
   rows = {name: dict(zip(metrics.H36M_ACTIONS, v)) for name, v in _TABLE6.items()}
-  table = metrics.per_action_table(rows, deltas=True)
+  table = tables.per_action_table(rows, deltas=True)
   heads = [[h.strip() for h in hs] for hs in _headers(table)]
   assert heads == [list(metrics.H36M_ACTIONS[:8]),
                    list(metrics.H36M_ACTIONS[8:]) + ['Avg']]
@@ -248,24 +249,24 @@ def test_per_action_table_layout_and_deltas():
   base = _cells(table, 'Ours w/o Mul-Hyp')
   assert float(base[-1]) == pytest.approx(np.mean(_TABLE6['Ours w/o Mul-Hyp']),
                                           abs=0.05)
-  wide = metrics.per_action_table(rows, split=False)
+  wide = tables.per_action_table(rows, split=False)
   assert len(_headers(wide)) == 1 and len(_cells(wide, 'Ensemble')) == 16
   assert '↓' not in wide
 
 
 def test_per_action_table_raw_names_and_explicit_avg():
-  table = metrics.per_action_table(
+  table = tables.per_action_table(
       {'A': {'Walking 1': 90.0, 'TakingPhoto': 80.0, 'Avg': 86.5}}, split=False)
   cells = _cells(table, 'A')
   assert cells[metrics.H36M_ACTIONS.index('Walk')] == '90.0'
   assert cells[metrics.H36M_ACTIONS.index('Photo')] == '80.0'
   assert cells[0] == '-' and cells[-1] == '86.5'
   with pytest.raises(ValueError, match='two entries'):
-    metrics.per_action_table({'A': {'Walking 1': 1.0, 'Walking 2': 2.0}})
+    tables.per_action_table({'A': {'Walking 1': 1.0, 'Walking 2': 2.0}})
 
 
 def test_comparison_table_matches_paper_table2():
-  table = metrics.comparison_table(
+  table = tables.comparison_table(
       {'Direct RGB': 114.2, 'Ours w/o Mul-Hyp': 101.9, 'Ours w Mul-Hyp': 86.5},
       'Avg MPJPE')
   assert _cells(table, 'Direct RGB') == ['114.2']
@@ -282,7 +283,7 @@ def test_pckh_table_matches_paper_table8():
                                    [90.6, 83.4, 70.0, 54.5, 74.2, 59.4, 38.8,
                                     71.2])),
   }
-  table = metrics.pckh_table(rows)
+  table = tables.pckh_table(rows)
   heads = [[h.strip() for h in hs] for hs in _headers(table)]
   assert heads == [['Head', 'Sho.', 'Elb.', 'Wri.'], ['Hip', 'Knee', 'Ank.', 'Mean']]
   assert _cells(table, 'Ours w/o Mul-Hyp') == [
@@ -296,7 +297,7 @@ def test_pckh_table_from_pckh_results():
   vis = np.ones((20, 16), bool)
   head = np.full(20, 10.0)
   res = metrics.pckh(gt + rng.normal(0, 3, gt.shape), gt, head, vis)
-  table = metrics.pckh_table({'x': res}, split=False)
+  table = tables.pckh_table({'x': res}, split=False)
   cells = [float(c) for c in _cells(table, 'x')]
   per_joint = res['per_joint']
   expected = [per_joint[9], (per_joint[12] + per_joint[13]) / 2,
@@ -306,7 +307,7 @@ def test_pckh_table_from_pckh_results():
               res['mean']]
   np.testing.assert_allclose(cells, expected, atol=0.05)
   with pytest.raises(ValueError, match='Neck'):
-    metrics.pckh_table({'y': {'Neck': 1.0}})
+    tables.pckh_table({'y': {'Neck': 1.0}})
 
 
 # ----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
-"""Pose metrics (MPJPE, PA-MPJPE, PCKh) and Markdown tables in the paper's layouts.
+"""Pose metrics: MPJPE, PA-MPJPE, PCKh, and Human3.6M's action columns.
 
 3D metrics are pure `jax.numpy` (jit- and vmap-able, NumPy inputs accepted);
-PCKh and the tables run on the host in NumPy.
+PCKh runs on the host in NumPy. The Markdown tables are in `tables.py`.
 
 PCKh follows the official MPII evaluation (`evalPCKh.m` and its Python port
 used by the stacked-hourglass code releases): a joint is correct when its
@@ -202,8 +202,13 @@ def pckh(pred: Array, gt: Array, head_size: Array, visible: Array,
   Returns:
     dict with 'per_joint' (16,) float64 percent (NaN for a joint never
     visible), 'count' (16,) visible instances per joint, 'mean' the official
-    total over visible joints except pelvis and thorax (percent), and 'groups'
+    total over visible joints except pelvis and thorax (percent; the MPII
+    toolkit's and bearpaw's evaluation's total), 'mean_joints' the unweighted
+    mean of those 14 joints' values (the 'Mean' of bearpaw's published table
+    and several papers), 'persons' the number of persons scored, and 'groups'
     {Head, Sho., Elb., Wri., Hip, Knee, Ank., Mean} as in the paper's tables.
+    Persons without a head size (<= 0 or not finite) are left out, not
+    counted as misses.
   """
   k = skeleton.NUM_JOINTS
   _check_joints('pred', pred, 2, k)
@@ -218,6 +223,8 @@ def pckh(pred: Array, gt: Array, head_size: Array, visible: Array,
   gt = np.asarray(gt, np.float64).reshape(-1, k, 2)
   head_size = np.asarray(head_size, np.float64).reshape(-1, 1)
   visible = np.asarray(visible).astype(bool).reshape(-1, k)
+  scored = np.isfinite(head_size[:, 0]) & (head_size[:, 0] > 0)
+  visible = visible & scored[:, None]
   with np.errstate(invalid='ignore', divide='ignore'):
     dist = np.linalg.norm(pred - gt, axis=-1) / head_size
     correct = (dist < threshold) & visible
@@ -229,7 +236,10 @@ def pckh(pred: Array, gt: Array, head_size: Array, visible: Array,
   keep[list(_PCKH_EXCLUDED)] = False
   total = count[keep].sum()
   mean = 100.0 * hits[keep].sum() / total if total else math.nan
-  result = {'per_joint': per_joint, 'count': count, 'mean': float(mean)}
+  with np.errstate(invalid='ignore'):
+    mean_joints = float(np.nanmean(per_joint[keep])) if np.any(count[keep]) else math.nan
+  result = {'per_joint': per_joint, 'count': count, 'mean': float(mean),
+            'mean_joints': mean_joints, 'persons': int(scored.sum())}
   result['groups'] = pckh_groups(result)
   return result
 
@@ -333,156 +343,3 @@ def per_action_mean(errors: Array, actions: Sequence[str]) -> dict[str, float]:
   columns = np.array([h36m_action_column(a) for a in actions])
   return {a: float(errors[columns == a].mean())
           for a in H36M_ACTIONS if np.any(columns == a)}
-
-
-# ----------------------------------------------------------------------------
-# Markdown tables.
-
-
-def _fmt(value: float | None, precision: int) -> str:
-  if value is None or not math.isfinite(value):
-    return '-'
-  return f'{value:.{precision}f}'
-
-
-def _fmt_delta(value: float | None, base: float | None, precision: int) -> str:
-  text = _fmt(value, precision)
-  if value is None or base is None or not (math.isfinite(value) and
-                                           math.isfinite(base)):
-    return text
-  # The difference of the printed values, so every row reads consistently.
-  delta = round(round(value, precision) - round(base, precision), precision)
-  arrow = '↑' if delta > 0 else '↓' if delta < 0 else '±'
-  return f'{text}{arrow}{abs(delta):.{precision}f}'
-
-
-def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-  lines = ['| ' + ' | '.join(header) + ' |',
-           '|' + '|'.join([':---'] + ['---:'] * (len(header) - 1)) + '|']
-  lines += ['| ' + ' | '.join(r) + ' |' for r in rows]
-  return '\n'.join(lines)
-
-
-def _grid(values: Mapping[str, Mapping[str, float]], columns: Sequence[str],
-          split: bool, deltas: bool, precision: int) -> str:
-  """Markdown table of rows x columns, optionally in two halves with deltas."""
-  names = list(values)
-  base = values[names[0]] if names else {}
-  halves = ([columns[:(len(columns) + 1) // 2], columns[(len(columns) + 1) // 2:]]
-            if split else [columns])
-  tables = []
-  for cols in halves:
-    rows = []
-    for i, name in enumerate(names):
-      cells = [name]
-      for c in cols:
-        v = values[name].get(c)
-        cells.append(_fmt_delta(v, base.get(c), precision) if deltas and i
-                     else _fmt(v, precision))
-      rows.append(cells)
-    tables.append(_markdown(['Method'] + list(cols), rows))
-  return '\n\n'.join(tables)
-
-
-def per_action_table(errors_by_row: Mapping[str, Mapping[str, float]], *,
-                     split: bool = True, deltas: bool = False,
-                     precision: int = 1) -> str:
-  """Markdown table in the layout of the paper's Table 1 (Table 6 with deltas).
-
-  Args:
-    errors_by_row: {method: {action: error}}; actions as table columns or raw
-      Human3.6M names (mapped with `h36m_action_column`).
-    split: two halves (Direction..Sit; SitDown..WalkTogether, Avg) as in the
-      paper, or one wide table.
-    deltas: append each cell's change from the first row ('↓4.8').
-    precision: decimals.
-
-  Returns:
-    The Markdown text. Avg is the mean over the actions a row has (missing
-    actions print '-'), unless the row gives its own 'Avg' (e.g. a mean pooled
-    over all frames: the paper's own Table 1 row prints 86.5, while its 15
-    printed actions average 86.3).
-  """
-  values = {}
-  for name, row in errors_by_row.items():
-    mapped = {}
-    for action, value in row.items():
-      if action == 'Avg':
-        continue
-      column = h36m_action_column(action)
-      if column in mapped:
-        raise ValueError(f'errors_by_row[{name!r}] has two entries for action '
-                         f'{column}')
-      mapped[column] = float(value)
-    if 'Avg' in row:
-      mapped['Avg'] = float(row['Avg'])
-    else:
-      mapped['Avg'] = (float(np.mean(list(mapped.values()))) if mapped
-                       else math.nan)
-    values[name] = mapped
-  return _grid(values, H36M_ACTIONS + ('Avg',), split, deltas, precision)
-
-
-def comparison_table(rows: Mapping[str, float], metric_name: str = 'Avg MPJPE',
-                     *, precision: int = 1) -> str:
-  """Markdown table in the layout of the paper's Table 2.
-
-  Args:
-    rows: {method: value}; the first row is the reference.
-    metric_name: the value column's title.
-    precision: decimals.
-
-  Returns:
-    The Markdown text, later rows with their change from the first ('↓12.3').
-  """
-  values = {name: {metric_name: float(v)} for name, v in rows.items()}
-  return _grid(values, (metric_name,), False, True, precision)
-
-
-def pckh_table(rows: Mapping[str, Mapping[str, Any]], *, split: bool = True,
-               deltas: bool = True, precision: int = 1) -> str:
-  """Markdown table in the layout of the paper's Table 8 (PCKh@0.5 groups).
-
-  Args:
-    rows: {method: pckh() result, or a dict keyed by `PCKH_COLUMNS` (e.g.
-      published numbers)}; the first row is the reference for deltas.
-    split: two halves (Head..Wri.; Hip..Mean) as in the paper, or one table.
-    deltas: append each cell's change from the first row ('↑11.5').
-    precision: decimals.
-
-  Returns:
-    The Markdown text.
-  """
-  values = {}
-  for name, row in rows.items():
-    if 'per_joint' in row:
-      values[name] = pckh_groups(row)
-    else:
-      unknown = set(row) - set(PCKH_COLUMNS)
-      if unknown:
-        raise ValueError(f'rows[{name!r}] must be a pckh() result or have keys '
-                         f'from {PCKH_COLUMNS}, got {sorted(unknown)}')
-      values[name] = {k: float(v) for k, v in row.items()}
-  return _grid(values, PCKH_COLUMNS, split, deltas, precision)
-
-
-def generic_table(values_by_row: Mapping[str, Mapping[str, float]], *,
-                  precision: int = 1) -> str:
-  """Markdown table of {row: {column: value}} with an Avg (mean over columns).
-
-  For per-action errors of datasets whose actions are not Human3.6M's (e.g.
-  the synthetic set); columns in sorted order.
-
-  Args:
-    values_by_row: {method: {column: value}}.
-    precision: decimals.
-
-  Returns:
-    The Markdown text.
-  """
-  columns = sorted({c for row in values_by_row.values() for c in row})
-  values = {}
-  for name, row in values_by_row.items():
-    values[name] = {c: float(v) for c, v in row.items()}
-    values[name]['Avg'] = float(np.mean(list(row.values()))) if row else math.nan
-  return _grid(values, tuple(columns) + ('Avg',), False, False, precision)

@@ -26,7 +26,6 @@ import numpy as np
 from deepskeleton_jax.training import checkpointing
 from deepskeleton_jax.data import input_pipeline
 from deepskeleton_jax.training import stages as stages_lib
-from deepskeleton_jax.models import hypotheses
 
 
 def lift_split(config: ml_collections.ConfigDict, workdir: str, split: str) -> dict[str, np.ndarray]:
@@ -36,16 +35,13 @@ def lift_split(config: ml_collections.ConfigDict, workdir: str, split: str) -> d
 
   @jax.jit
   def lift(variables, norm, batch):
-    inputs, _ = stage.make_inputs(batch, None, norm)
-    out = hypotheses.apply_stacked(stage.model, variables, inputs, train=False,
-                                   hyp_map=stage.hyp_map)
-    return stage.predict(out[0], norm)
+    return stage.infer(variables, batch, norm)[0]
 
   it = input_pipeline.make_iterator(config.data, split, 256, shuffle=False, num_epochs=1,
                                     seed=0, process_index=0, process_count=1)
   poses = {}
   for batch in it:
-    numeric = {k: batch[k] for k in ('joints_2d', 'visible', 'joints_3d', 'has_3d')}
+    numeric = {k: batch[k] for k in ('joints_2d', 'visible')}
     pred = np.asarray(lift(loaded['variables'], loaded['norm'], numeric))
     for i in np.flatnonzero(batch['mask']):
       poses[f"{batch['image_name'][i]}#{int(batch['frame'][i])}"] = pred[i]

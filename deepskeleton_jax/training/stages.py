@@ -4,8 +4,9 @@ A stage couples a Flax model with the stacked-hypothesis layout (every stage's
 variables carry a leading hypothesis axis H, H = 1 for single models), the way
 its inputs are made from a data batch on the device (crops per hypothesis,
 skeleton maps rendered by the rasterizer, or maps predicted by a frozen
-SkeletonMapNet), and its loss. The trainer (train.py), the evaluator and the
-benchmark all go through these definitions.
+SkeletonMapNet), its loss and its prediction. The trainer, the evaluator, the
+predictor and the benchmark all go through these definitions, and through
+`Layout`, the values every stage derives from the config.
 
 Stages:
   skeleton_net: RGB crop at c_i -> fg/bg skeleton maps of stick width l_i.
@@ -27,7 +28,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from deepskeleton_jax.training import config_lib
 from deepskeleton_jax.geometry import rasterize
 from deepskeleton_jax.geometry import skeleton
 from deepskeleton_jax.models import hourglass
@@ -35,13 +35,64 @@ from deepskeleton_jax.models import hypotheses
 from deepskeleton_jax.models import lifting
 from deepskeleton_jax.models import regressor
 from deepskeleton_jax.models import skeleton_net
+from deepskeleton_jax.training import config_lib
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
-def _dtype(name: str):
-  return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[name]
+# ----------------------------------------------------------------------------
+# Values derived from the config, shared by every stage and the evaluator.
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """The config's hypotheses and sizes as every stage uses them.
+
+  Attributes:
+    input_size: side S of the model input crops.
+    map_size: side of the skeleton maps (S / 4: 56 for 224).
+    regressor_size: maps are resized to this side before regression.
+    hourglass_size: side of the hourglass input.
+    crop_idx: [H] per hypothesis, its crop's index in `data.crop_scales`.
+    widths: [H] per hypothesis, its stick width in 224-px input pixels.
+    unit: index of the c = 1.0 crop in `data.crop_scales`.
+    base: the w/o Mul-Hyp hypothesis.
+    hypotheses: the (crop scale, stick width) pairs.
+  """
+  input_size: int
+  map_size: int
+  regressor_size: int
+  hourglass_size: int
+  crop_idx: np.ndarray
+  widths: np.ndarray
+  unit: int
+  base: int
+  hypotheses: tuple[tuple[float, float], ...]
+
+  @property
+  def num_hyps(self) -> int:
+    return len(self.hypotheses)
+
+
+def layout(config: ml_collections.ConfigDict) -> Layout:
+  """The `Layout` of a finalised config."""
+  hyps = tuple(config_lib.hypothesis_list(config))
+  scales = list(config.data.crop_scales)
+  return Layout(
+      input_size=int(config.data.input_size),
+      map_size=int(config.data.input_size) // 4,
+      regressor_size=int(config.regressor.input_size),
+      hourglass_size=int(config.hourglass.input_size),
+      crop_idx=np.array([scales.index(c) for c, _ in hyps], np.int32),
+      widths=np.array([w for _, w in hyps], np.float32),
+      unit=scales.index(1.0),
+      base=int(config.hypotheses.base),
+      hypotheses=hyps)
+
+
+# ----------------------------------------------------------------------------
+# On-device inputs.
 
 
 def normalize_images(images: jax.Array) -> jax.Array:
@@ -67,6 +118,52 @@ def resize_square(x: jax.Array, size: int) -> jax.Array:
   return jax.image.resize(x, shape, method='bilinear')
 
 
+def render_maps(batch: dict[str, jax.Array], lay: Layout,
+                hyp_sel: np.ndarray | None = None) -> jax.Array:
+  """Renders ground-truth fg/bg maps per hypothesis on the device.
+
+  Args:
+    batch: with `joints_2d` [b, C, 16, 2] (input pixels), `joints_3d`, `visible`.
+    lay: the config's layout.
+    hyp_sel: the hypotheses to render (default: all).
+
+  Returns:
+    [H, b, map_size, map_size, 6] float32 (fg RGB, bg RGB).
+  """
+  sel = np.arange(lay.num_hyps) if hyp_sel is None else np.asarray(hyp_sel)
+  size = lay.map_size
+  joints = jnp.moveaxis(batch['joints_2d'][:, lay.crop_idx[sel]], 1, 0)
+  joints = joints * (size / lay.input_size)
+  depth = jnp.broadcast_to(batch['joints_3d'][..., 2], (len(sel),) + batch['visible'].shape)
+  visible = jnp.broadcast_to(batch['visible'], depth.shape)
+  widths = rasterize.stick_width_in_map(jnp.asarray(lay.widths[sel])[:, None], size)
+  return rasterize.render_targets(joints, depth, visible, widths, size)
+
+
+def targets_for_hyp(targets: Any, num_hyps: int) -> Any:
+  """Broadcasts targets without a hypothesis axis to [H, b, ...]."""
+  return jax.tree_util.tree_map(
+      lambda x: jnp.broadcast_to(x, (num_hyps,) + x.shape), targets)
+
+
+def _pose_targets(batch, norm):
+  target = (root_relative(batch['joints_3d']) - norm['mean']) / norm['std']
+  return {'pose': target, 'weight': batch['has_3d'].astype(jnp.float32)}
+
+
+def _pose_loss(pred, targets, batch):
+  del batch
+  return regressor.pose_loss(pred, targets['pose'], targets['weight']), {}
+
+
+def _pose_predict(pred, norm):
+  return pred.astype(jnp.float32) * norm['std'] + norm['mean']
+
+
+# ----------------------------------------------------------------------------
+# The stage.
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
   """A trainable stage.
@@ -80,12 +177,17 @@ class Stage:
       stacked variables of the stage named by `needs`; `norm` the pose
       normalisation {'mean': [16, 3], 'std': []}.
     loss: (model outputs of one hypothesis, targets of that hypothesis, batch)
-      -> (scalar loss, metrics dict); runs inside vmap over hypotheses.
-    predict: (model outputs of one hypothesis, norm) -> the stage's prediction
-      (poses in mm, maps in [0, 1], heatmaps).
+      -> (scalar loss, metrics dict); runs mapped over hypotheses.
+    predict: (stacked model outputs, norm) -> the stage's prediction with a
+      leading [H] axis (poses in mm, maps in [0, 1], 2D joints in input
+      pixels of the c = 1 crop with confidences).
+    prepare: what the model sees, from the stage's source: a batch for the
+      image and 2D stages, maps [h, b, s, s, 6] for the regressors; returns
+      [H, b, ...] (or [1, b, ...], shared by all hypotheses).
     dummy_input: a one-example input of one hypothesis, for init.
     needs: the stage whose trained variables `make_inputs` uses, or None.
     pose_norm: whether the targets are poses normalised by dataset statistics.
+    hyp_map: 'vmap' or 'loop' (see `hypotheses.map_hypotheses`).
   """
   name: str
   model: nn.Module
@@ -93,49 +195,22 @@ class Stage:
   make_inputs: Callable[..., Any]
   loss: Callable[..., Any]
   predict: Callable[..., Any]
+  prepare: Callable[..., Any]
   dummy_input: np.ndarray
   needs: str | None = None
   pose_norm: bool = False
   hyp_map: str = 'vmap'
 
+  def apply(self, variables: Any, inputs: jax.Array) -> Any:
+    """Eval-mode outputs of every hypothesis for inputs [H or 1, b, ...]."""
+    if inputs.shape[0] != self.num_hyps:
+      inputs = jnp.broadcast_to(inputs, (self.num_hyps,) + inputs.shape[1:])
+    return hypotheses.apply_stacked(self.model, variables, inputs, train=False,
+                                    hyp_map=self.hyp_map)
 
-def crop_indices(config: ml_collections.ConfigDict) -> np.ndarray:
-  """For each hypothesis, the index of its crop scale in `data.crop_scales`."""
-  scales = list(config.data.crop_scales)
-  return np.array([scales.index(c) for c, _ in config_lib.hypothesis_list(config)],
-                  np.int32)
-
-
-def unit_crop_index(config: ml_collections.ConfigDict) -> int:
-  return list(config.data.crop_scales).index(1.0)
-
-
-def map_size(config: ml_collections.ConfigDict) -> int:
-  """Skeleton maps are a quarter of the input side (56 for 224)."""
-  return config.data.input_size // 4
-
-
-def render_maps(batch: dict[str, jax.Array], crop_idx: np.ndarray,
-                widths_224: np.ndarray, input_size: int, size: int) -> jax.Array:
-  """Renders ground-truth fg/bg maps per hypothesis on the device.
-
-  Args:
-    batch: with `joints_2d` [b, C, 16, 2] (input pixels), `joints_3d`, `visible`.
-    crop_idx: [H] crop-scale index per hypothesis.
-    widths_224: [H] stick widths in 224-px input pixels.
-    input_size: model input side the joints are given in.
-    size: map side.
-
-  Returns:
-    [H, b, size, size, 6] float32 (fg RGB, bg RGB).
-  """
-  joints = jnp.moveaxis(batch['joints_2d'][:, crop_idx], 1, 0) * (size / input_size)
-  h = len(crop_idx)
-  depth = jnp.broadcast_to(batch['joints_3d'][..., 2], (h,) + batch['visible'].shape)
-  visible = jnp.broadcast_to(batch['visible'], depth.shape)
-  widths = jnp.asarray(widths_224, jnp.float32)[:, None] * (size / 224.0)
-  fg, bg = rasterize.skeleton_maps(joints, depth, widths, size, visible=visible)
-  return jnp.concatenate([fg, bg], axis=-1)
+  def infer(self, variables: Any, source: Any, norm: Any = None) -> Any:
+    """`predict(apply(prepare(source)))`: the stage's prediction, [H, ...]."""
+    return self.predict(self.apply(variables, self.prepare(source)), norm)
 
 
 def hyp_map_method(config: ml_collections.ConfigDict) -> str:
@@ -146,31 +221,158 @@ def hyp_map_method(config: ml_collections.ConfigDict) -> str:
   return method
 
 
-def _pose_targets(batch, norm):
-  target = root_relative(batch['joints_3d'])
-  target = (target - norm['mean']) / norm['std']
-  weight = batch['has_3d'].astype(jnp.float32)
-  return {'pose': target, 'weight': weight}
-
-
-def _pose_loss(pred, targets, batch):
-  del batch
-  diff = pred.astype(jnp.float32) - targets['pose']
-  # Clamped as in regressor.pose_loss: the lifting MLP's root joint equals its
-  # target (both 0) exactly, where the plain norm's gradient is NaN.
-  dist = jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(diff), axis=-1), 1e-12)).mean(-1)
-  w = targets['weight']
-  loss = jnp.sum(dist * w) / jnp.maximum(jnp.sum(w), 1.0)
-  return loss, {}
-
-
-def _pose_predict(pred, norm):
-  return pred.astype(jnp.float32) * norm['std'] + norm['mean']
+def _dtype(name: str):
+  return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[name]
 
 
 def _resnet_kwargs(model_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
   return dict(stage_sizes=tuple(model_cfg.stage_sizes), width=model_cfg.width,
               dtype=_dtype(model_cfg.dtype), remat=model_cfg.remat)
+
+
+# ----------------------------------------------------------------------------
+# One builder per stage.
+
+
+def _skeleton_net(config, lay: Layout) -> Stage:
+  cfg = config.skeleton_net
+  model = skeleton_net.SkeletonMapNet(
+      in_channels=3, decoder_width=cfg.model.decoder_width, out_channels=6,
+      **_resnet_kwargs(cfg.model))
+
+  def prepare(batch):
+    return images_at(batch, lay.crop_idx)
+
+  def make_inputs(batch, aux, norm):
+    del aux, norm
+    return prepare(batch), render_maps(batch, lay)
+
+  def loss(logits, targets, batch):
+    del batch
+    return skeleton_net.skeleton_map_loss(logits, targets), {}
+
+  def predict(logits, norm):
+    del norm
+    return jax.nn.sigmoid(logits[-1].astype(jnp.float32))
+
+  return Stage('skeleton_net', model, lay.num_hyps, make_inputs, loss, predict, prepare,
+               np.zeros((1, lay.input_size, lay.input_size, 3), np.float32))
+
+
+def predicted_maps(skel: Stage, variables: Any, batch: dict[str, jax.Array],
+                   lay: Layout, hyp_sel: np.ndarray) -> jax.Array:
+  """The SkeletonMapNet's maps of the selected hypotheses, [len(sel), b, s, s, 6]."""
+  sub = jax.tree_util.tree_map(lambda x: x[hyp_sel], variables)
+  sub_stage = dataclasses.replace(skel, num_hyps=len(hyp_sel))
+  x = images_at(batch, lay.crop_idx[hyp_sel])
+  return jax.lax.stop_gradient(sub_stage.predict(sub_stage.apply(sub, x), None))
+
+
+def _regressor(config, lay: Layout, name: str) -> Stage:
+  cfg = config[name]
+  model = regressor.PoseRegressor(in_channels=6, num_joints=skeleton.NUM_JOINTS,
+                                  **_resnet_kwargs(cfg.model))
+  predicted = config.regressor.input == 'predicted'
+  if name == 'regressor':
+    num, hyp_sel = lay.num_hyps, np.arange(lay.num_hyps)
+  else:  # ensemble: n regressors of the base hypothesis
+    num, hyp_sel = int(cfg.num_runs), np.array([lay.base])
+  skel = build(config, 'skeleton_net') if predicted else None
+
+  def prepare(maps):
+    return resize_square(maps, lay.regressor_size)
+
+  def make_inputs(batch, aux, norm):
+    if predicted:
+      maps = predicted_maps(skel, aux, batch, lay, hyp_sel)
+    else:
+      maps = render_maps(batch, lay, hyp_sel)
+    x = prepare(maps)
+    x = jnp.broadcast_to(x, (num,) + x.shape[1:])
+    return x, targets_for_hyp(_pose_targets(batch, norm), num)
+
+  size = lay.regressor_size
+  return Stage(name, model, num, make_inputs, _pose_loss, _pose_predict, prepare,
+               np.zeros((1, size, size, 6), np.float32),
+               needs='skeleton_net' if predicted else None, pose_norm=True)
+
+
+def _direct_rgb(config, lay: Layout) -> Stage:
+  model = regressor.PoseRegressor(in_channels=3, num_joints=skeleton.NUM_JOINTS,
+                                  **_resnet_kwargs(config.direct_rgb.model))
+
+  def prepare(batch):
+    return images_at(batch, np.array([lay.unit]))
+
+  def make_inputs(batch, aux, norm):
+    del aux
+    return prepare(batch), targets_for_hyp(_pose_targets(batch, norm), 1)
+
+  return Stage('direct_rgb', model, 1, make_inputs, _pose_loss, _pose_predict, prepare,
+               np.zeros((1, lay.input_size, lay.input_size, 3), np.float32),
+               pose_norm=True)
+
+
+def _hourglass(config, lay: Layout) -> Stage:
+  cfg = config.hourglass
+  hsize = lay.hourglass_size
+  model = hourglass.StackedHourglass(
+      num_stacks=cfg.model.num_stacks, num_features=cfg.model.num_features,
+      num_joints=skeleton.NUM_JOINTS, depth=cfg.model.depth, dtype=_dtype(cfg.model.dtype))
+
+  def prepare(batch):
+    return resize_square(images_at(batch, np.array([lay.unit])), hsize)
+
+  def make_inputs(batch, aux, norm):
+    del aux, norm
+    joints = batch['joints_2d'][:, lay.unit] * (hsize / 4 / lay.input_size)
+    heat = hourglass.heatmap_targets(joints, batch['visible'], hsize // 4, cfg.sigma)
+    return prepare(batch), heat[None]
+
+  def loss(heatmaps, targets, batch):
+    return hourglass.heatmap_loss(heatmaps, targets, batch['visible']), {}
+
+  def predict(heatmaps, norm):
+    """Joints [H, b, 16, 2] in input pixels of the c=1 crop, confidences [H, b, 16]."""
+    del norm
+    heat = heatmaps[-1].astype(jnp.float32)
+    joints, conf = hourglass.decode_heatmaps(heat.reshape((-1,) + heat.shape[2:]))
+    lead = heat.shape[:2]
+    return (joints.reshape(lead + joints.shape[1:]) * (4 * lay.input_size / hsize),
+            conf.reshape(lead + conf.shape[1:]))
+
+  return Stage('hourglass', model, 1, make_inputs, loss, predict, prepare,
+               np.zeros((1, hsize, hsize, 3), np.float32))
+
+
+def _lifting(config, lay: Layout) -> Stage:
+  cfg = config.lifting
+  model = lifting.LiftingMLP(hidden=cfg.model.hidden, num_blocks=cfg.model.num_blocks,
+                             dropout_rate=cfg.model.dropout_rate,
+                             num_joints=skeleton.NUM_JOINTS)
+
+  def prepare(batch):
+    return lifting.normalize_2d(batch['joints_2d'][:, lay.unit], batch['visible'])[None]
+
+  def make_inputs(batch, aux, norm):
+    del aux
+    return prepare(batch), targets_for_hyp(_pose_targets(batch, norm), 1)
+
+  spread = np.zeros((1, 16, 2), np.float32) + np.arange(16)[None, :, None]
+  dummy = np.asarray(lifting.normalize_2d(spread, np.ones((1, 16), bool)))
+  return Stage('lifting', model, 1, make_inputs, _pose_loss, _pose_predict, prepare,
+               dummy, pose_norm=True)
+
+
+_BUILDERS: dict[str, Callable[[ml_collections.ConfigDict, Layout], Stage]] = {
+    'skeleton_net': _skeleton_net,
+    'regressor': lambda config, lay: _regressor(config, lay, 'regressor'),
+    'ensemble': lambda config, lay: _regressor(config, lay, 'ensemble'),
+    'direct_rgb': _direct_rgb,
+    'hourglass': _hourglass,
+    'lifting': _lifting,
+}
+assert set(_BUILDERS) == set(config_lib.STAGES)
 
 
 def build(config: ml_collections.ConfigDict, name: str) -> Stage:
@@ -183,128 +385,7 @@ def build(config: ml_collections.ConfigDict, name: str) -> Stage:
   Returns:
     The Stage.
   """
-  return dataclasses.replace(_build(config, name), hyp_map=hyp_map_method(config))
-
-
-def _build(config: ml_collections.ConfigDict, name: str) -> Stage:
-  size = config.data.input_size
-  msize = map_size(config)
-  hyps = config_lib.hypothesis_list(config)
-  crop_idx = crop_indices(config)
-  widths = np.array([w for _, w in hyps], np.float32)
-  unit = unit_crop_index(config)
-  base = config.hypotheses.base
-
-  if name == 'skeleton_net':
-    cfg = config.skeleton_net
-    model = skeleton_net.SkeletonMapNet(
-        in_channels=3, decoder_width=cfg.model.decoder_width, out_channels=6,
-        **_resnet_kwargs(cfg.model))
-
-    def make_inputs(batch, aux, norm):
-      del aux, norm
-      return images_at(batch, crop_idx), render_maps(batch, crop_idx, widths, size, msize)
-
-    def loss(logits, targets, batch):
-      del batch
-      return skeleton_net.skeleton_map_loss(logits, targets), {}
-
-    def predict(logits, norm):
-      del norm
-      return jax.nn.sigmoid(logits[-1].astype(jnp.float32))
-
-    return Stage(name, model, len(hyps), make_inputs, loss, predict,
-                 np.zeros((1, size, size, 3), np.float32))
-
-  if name in ('regressor', 'ensemble'):
-    cfg = config[name]
-    rsize = config.regressor.input_size
-    model = regressor.PoseRegressor(in_channels=6, num_joints=skeleton.NUM_JOINTS,
-                                    **_resnet_kwargs(cfg.model))
-    predicted = config.regressor.input == 'predicted'
-    if name == 'regressor':
-      num, idx, wid, hyp_sel = len(hyps), crop_idx, widths, np.arange(len(hyps))
-    else:
-      num = int(cfg.num_runs)
-      idx, wid, hyp_sel = crop_idx[base:base + 1], widths[base:base + 1], np.array([base])
-    skel = build(config, 'skeleton_net') if predicted else None
-
-    def make_inputs(batch, aux, norm):
-      if predicted:
-        sub = jax.tree_util.tree_map(lambda x: x[hyp_sel], aux)
-        logits = hypotheses.apply_stacked(skel.model, sub, images_at(batch, idx),
-                                          train=False, hyp_map=skel.hyp_map)
-        maps = jax.lax.stop_gradient(jax.nn.sigmoid(logits[-1].astype(jnp.float32)))
-      else:
-        maps = render_maps(batch, idx, wid, size, msize)
-      maps = resize_square(maps, rsize)
-      if maps.shape[0] != num:
-        maps = jnp.broadcast_to(maps, (num,) + maps.shape[1:])
-      return maps, targets_for_hyp(_pose_targets(batch, norm), num)
-
-    return Stage(name, model, num, make_inputs, _pose_loss, _pose_predict,
-                 np.zeros((1, rsize, rsize, 6), np.float32),
-                 needs='skeleton_net' if predicted else None, pose_norm=True)
-
-  if name == 'direct_rgb':
-    cfg = config.direct_rgb
-    model = regressor.PoseRegressor(in_channels=3, num_joints=skeleton.NUM_JOINTS,
-                                    **_resnet_kwargs(cfg.model))
-
-    def make_inputs(batch, aux, norm):
-      del aux
-      return images_at(batch, np.array([unit])), targets_for_hyp(_pose_targets(batch, norm), 1)
-
-    return Stage(name, model, 1, make_inputs, _pose_loss, _pose_predict,
-                 np.zeros((1, size, size, 3), np.float32), pose_norm=True)
-
-  if name == 'hourglass':
-    cfg = config.hourglass
-    hsize = cfg.input_size
-    model = hourglass.StackedHourglass(
-        num_stacks=cfg.model.num_stacks, num_features=cfg.model.num_features,
-        num_joints=skeleton.NUM_JOINTS, depth=cfg.model.depth, dtype=_dtype(cfg.model.dtype))
-
-    def make_inputs(batch, aux, norm):
-      del aux, norm
-      x = resize_square(images_at(batch, np.array([unit])), hsize)
-      joints = batch['joints_2d'][:, unit] * (hsize / 4 / size)
-      heat = hourglass.heatmap_targets(joints, batch['visible'], hsize // 4, cfg.sigma)
-      return x, heat[None]
-
-    def loss(heatmaps, targets, batch):
-      return hourglass.heatmap_loss(heatmaps, targets, batch['visible']), {}
-
-    def predict(heatmaps, norm):
-      """Joints in data input pixels of the c=1 crop, and confidences."""
-      del norm
-      joints, conf = hourglass.decode_heatmaps(heatmaps[-1].astype(jnp.float32))
-      return joints * (4 * size / hsize), conf
-
-    return Stage(name, model, 1, make_inputs, loss, predict,
-                 np.zeros((1, hsize, hsize, 3), np.float32))
-
-  if name == 'lifting':
-    cfg = config.lifting
-    model = lifting.LiftingMLP(hidden=cfg.model.hidden, num_blocks=cfg.model.num_blocks,
-                               dropout_rate=cfg.model.dropout_rate,
-                               num_joints=skeleton.NUM_JOINTS)
-
-    def make_inputs(batch, aux, norm):
-      del aux
-      x = lifting.normalize_2d(batch['joints_2d'][:, unit], batch['visible'])
-      return x[None], targets_for_hyp(_pose_targets(batch, norm), 1)
-
-    dummy = np.asarray(lifting.normalize_2d(np.zeros((1, 16, 2), np.float32) + np.arange(16)[None, :, None],
-                                            np.ones((1, 16), bool)))
-    return Stage(name, model, 1, make_inputs, _pose_loss, _pose_predict, dummy,
-                 pose_norm=True)
-
-  raise ValueError(f'unknown stage {name!r}: expected one of {config_lib.STAGES}')
-
-
-def targets_for_hyp(targets: Any, num_hyps: int) -> Any:
-  """Broadcasts targets without a hypothesis axis to [H, b, ...]."""
-  def bcast(x):
-    return jnp.broadcast_to(x, (num_hyps,) + x.shape)
-  return jax.tree_util.tree_map(bcast, targets)
+  if name not in _BUILDERS:
+    raise ValueError(f'unknown stage {name!r}: expected one of {config_lib.STAGES}')
+  stage = _BUILDERS[name](config, layout(config))
+  return dataclasses.replace(stage, hyp_map=hyp_map_method(config))
