@@ -9,7 +9,7 @@ evaluates, writes ./workdir/demo/eval/report.md and figures):
 General form (any config value can be overridden on the command line):
 
   python run.py --config=configs/<experiment>.py[:arg] --workdir=DIR \
-      --mode=all|prepare|train|eval|predict|benchmark|pseudo3d \
+      --mode=all|prepare|train|eval|predict|benchmark|pseudo3d|export \
       [--config.skeleton_net.train.batch_size=64 ...]
 
 Modes:
@@ -20,14 +20,21 @@ Modes:
              from the latest checkpoint.
   eval       evaluate the trained stages on the test split: report.md,
              results.json, figures under WORKDIR/eval.
-  predict    3D poses for your own images: --config.predict.images=a.jpg,b.jpg
+  predict    3D poses for your own images (--config.predict.images=a.jpg,b.jpg)
+             or video (--config.predict.video=clip.mp4): JSON, figures, overlay video.
   benchmark  images/s, MFU and memory of the train and inference steps,
              with same-run references (config.benchmark).
   pseudo3d   lift a 2D dataset's people to 3D with a trained lifting stage
-             (MPII pseudo-3D labels; see deepskeleton_jax/pseudo3d.py).
+             (MPII pseudo-3D labels; see deepskeleton_jax/evaluation/pseudo3d.py).
+  export     the whole inference function as a jax.export artifact
+             (WORKDIR/export/model.jax + model.json) that runs without this code.
+
+A bad flag, config value or input file prints one line, `error: ...`, and
+exits with status 2.
 """
 
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -35,22 +42,22 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from deepskeleton_jax import errors
+from deepskeleton_jax.training import config_lib
+from deepskeleton_jax.training import parallel
+
 _REPO = os.path.dirname(os.path.abspath(__file__))
-
-from deepskeleton_jax.training import config_lib  # pylint: disable=g-import-not-at-top
-from deepskeleton_jax.training import parallel  # pylint: disable=g-import-not-at-top
-
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', os.path.join(_REPO, 'configs', 'demo.py'),
-    'Experiment config file (configs/<name>.py[:arg]); values can be '
-    'overridden with --config.<group>.<key>=value.', lock_config=True)
+with errors.one_line(), errors.config_keys_checked(sys.argv):  # overrides apply here
+  _CONFIG = config_flags.DEFINE_config_file(
+      'config', os.path.join(_REPO, 'configs', 'demo.py'),
+      'Experiment config file (configs/<name>.py[:arg]); values can be '
+      'overridden with --config.<group>.<key>=value.', lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     'workdir', None,
     'Directory for checkpoints, metrics, reports and figures '
     '(default: ./workdir/<config file name>).')
-_MODE = flags.DEFINE_enum(
-    'mode', 'all', ['all', 'prepare', 'train', 'eval', 'predict', 'benchmark', 'pseudo3d'],
-    'What to run (see the module docstring).')
+_MODES = ('all', 'prepare', 'train', 'eval', 'predict', 'benchmark', 'pseudo3d', 'export')
+_MODE = flags.DEFINE_enum('mode', 'all', _MODES, 'What to run (see the module docstring).')
 
 
 def _default_workdir() -> str:
@@ -59,9 +66,18 @@ def _default_workdir() -> str:
   return os.path.join('workdir', name or 'demo')
 
 
+def _load_config():
+  try:
+    return config_lib.finalize(_CONFIG.value)
+  except OSError as e:  # ml_collections could not load the file
+    detail = ' '.join(str(e).split('\n')[1:]).split()
+    raise errors.ConfigError(f'--config={flags.FLAGS["config"].config_filename}: cannot '
+                             f'load the config file ({" ".join(detail)})') from None
+
+
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    raise errors.ConfigError(f'unexpected arguments {argv[1:]}: flags are --name=value')
   logging.set_verbosity(logging.INFO)
   # Orbax logs every checkpoint phase at INFO; keep its warnings only.
   logging.get_absl_logger().addFilter(
@@ -69,18 +85,14 @@ def main(argv):
   jax.config.update('jax_compilation_cache_dir', os.path.join(
       os.path.expanduser('~'), '.cache', 'deepskeleton_jax', 'jax_cache'))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
-  config = config_lib.finalize(_CONFIG.value)
+  config = _load_config()
   parallel.maybe_initialize_distributed(config.parallel)
   workdir = _WORKDIR.value or _default_workdir()
-  mode = _MODE.value
-  logging.info('mode=%s workdir=%s devices=%s', mode, workdir, jax.devices())
-
-  modes = {'all': _all, 'prepare': _prepare, 'train': _train, 'eval': _eval,
-           'predict': _predict, 'benchmark': _benchmark, 'pseudo3d': _pseudo3d}
+  logging.info('mode=%s workdir=%s devices=%s', _MODE.value, workdir, jax.devices())
   from deepskeleton_jax.training import train_loop  # pylint: disable=g-import-not-at-top
   with parallel.fail_fast():
     try:
-      modes[mode](config, workdir)
+      globals()['_' + _MODE.value](config, workdir)
     except train_loop.Preempted as e:
       logging.warning('%s', e)  # A clean stop: exit status 0, nothing else runs.
 
@@ -99,7 +111,7 @@ def _train(config, workdir):
 
 def _eval(config, workdir):
   from deepskeleton_jax.evaluation import evaluate  # pylint: disable=g-import-not-at-top
-  evaluate.evaluate(config, workdir)
+  return evaluate.evaluate(config, workdir)
 
 
 def _predict(config, workdir):
@@ -117,11 +129,22 @@ def _pseudo3d(config, workdir):
   pseudo3d.write_pseudo_3d(config, workdir)
 
 
+def _export(config, workdir):
+  from deepskeleton_jax.evaluation import export  # pylint: disable=g-import-not-at-top
+  export.export(config, workdir)
+
+
 def _all(config, workdir):
+  from deepskeleton_jax.evaluation import report  # pylint: disable=g-import-not-at-top
   _prepare(config, workdir)
   _train(config, workdir)
-  _eval(config, workdir)
+  results = _eval(config, workdir)
+  if jax.process_index() == 0:
+    out = os.path.join(workdir, 'eval')
+    print(f'\n{report.main_table(results)}\n\nReport: {out}/report.md, results: '
+          f'{out}/results.json, figures: {out}/*.png', flush=True)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  with errors.one_line():
+    app.run(main, flags_parser=errors.parse_flags)

@@ -27,11 +27,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from deepskeleton_jax.training import train_step
+from deepskeleton_jax import files
 from deepskeleton_jax.training import config_lib
 from deepskeleton_jax.training import parallel
 from deepskeleton_jax.geometry import skeleton
 from deepskeleton_jax.training import stages as stages_lib
-from deepskeleton_jax.training import train_loop as train_lib
 from deepskeleton_jax.models import hypotheses
 
 # Dense peak FLOP/s per device for MFU (bfloat16 / float32-via-TF32 tensor cores).
@@ -124,28 +125,28 @@ def bench_train_step(config, stage_name: str, batch_size: int, steps: int,
   tcfg = copy.deepcopy(config[stage_name].train)
   with tcfg.unlocked():
     tcfg.batch_size = batch_size
-  tx = train_lib.make_optimizer(tcfg)
+  tx = train_step.make_optimizer(tcfg)
   rng = jax.random.PRNGKey(0)
   norm = {'mean': np.zeros((16, 3), np.float32), 'std': np.float32(300.0)}
-  variables = jax.jit(lambda r: train_lib.init_variables(stage, r))(rng)
+  variables = jax.jit(lambda r: train_step.init_variables(stage, r))(rng)
   aux = None
   if stage.needs:
-    aux = jax.jit(lambda r: train_lib.init_variables(
+    aux = jax.jit(lambda r: train_step.init_variables(
         stages_lib.build(config, stage.needs), r))(rng)
   batch = synthetic_batch(config, batch_size)
   if sharded:
     mesh = parallel.make_mesh(config.parallel.hyp_axis)
-    abstract = jax.eval_shape(lambda v: train_lib.create_state(v, tx, norm, rng), variables)
-    state_sh = parallel.stacked_sharding(mesh, abstract, stage.num_hyps)
-    state = jax.jit(lambda v: train_lib.create_state(v, tx, norm, rng),
+    abstract = jax.eval_shape(lambda v: train_step.create_state(v, tx, norm, rng), variables)
+    state_sh = parallel.state_sharding(mesh, abstract)
+    state = jax.jit(lambda v: train_step.create_state(v, tx, norm, rng),
                     out_shardings=state_sh)(variables)
     batch = parallel.global_batch(batch, mesh)
-    jitted = train_lib.jit_train_step(stage, tcfg, mesh, state_sh)
+    jitted = train_step.jit_train_step(stage, tcfg, mesh, state_sh)
   else:
     device = jax.devices()[0]
-    state = jax.device_put(train_lib.create_state(variables, tx, norm, rng), device)
+    state = jax.device_put(train_step.create_state(variables, tx, norm, rng), device)
     batch = jax.device_put(parallel.numeric_fields(batch), device)
-    jitted = jax.jit(train_lib.make_train_step(stage, tcfg), donate_argnums=(0,))
+    jitted = jax.jit(train_step.make_train_step(stage, tcfg), donate_argnums=(0,))
   t0 = time.perf_counter()
   compiled = jitted.lower(state, batch, aux).compile()
   compile_s = time.perf_counter() - t0
@@ -165,10 +166,10 @@ def bench_inference(config, stage_name: str, batch_size: int, steps: int) -> dic
   """Times the eval-mode forward pass of a stage (all hypotheses)."""
   stage = stages_lib.build(config, stage_name)
   rng = jax.random.PRNGKey(0)
-  variables = jax.jit(lambda r: train_lib.init_variables(stage, r))(rng)
+  variables = jax.jit(lambda r: train_step.init_variables(stage, r))(rng)
   aux = None
   if stage.needs:
-    aux = jax.jit(lambda r: train_lib.init_variables(
+    aux = jax.jit(lambda r: train_step.init_variables(
         stages_lib.build(config, stage.needs), r))(rng)
   norm = {'mean': jnp.zeros((16, 3)), 'std': jnp.float32(300.0)}
   batch = jax.device_put(parallel.numeric_fields(synthetic_batch(config, batch_size)))
@@ -264,10 +265,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if jax.process_index() == 0:
     out_dir = os.path.join(workdir, 'benchmark')
     os.makedirs(out_dir, exist_ok=True)
-    tmp = os.path.join(out_dir, 'benchmark.json.tmp')
-    with open(tmp, 'w') as f:
-      f.write(line + '\n')
-    os.replace(tmp, os.path.join(out_dir, 'benchmark.json'))
+    files.write_text(os.path.join(out_dir, 'benchmark.json'), line + '\n')
   return results
 
 

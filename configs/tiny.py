@@ -12,7 +12,8 @@ def get_config(arg=None):
   c = config_lib.base_config()
   c.data.name = 'synthetic'
   c.data.data_dir = './workdir/tensorflow_datasets'
-  c.data.builder_kwargs = {'num_train': 16, 'num_test': 8, 'crop_size': 48, 'seed': 0}
+  c.data.builder_kwargs = {'num_train': 16, 'num_test': 8, 'num_holdout': 8, 'crop_size': 48,
+                          'seed': 0}
   c.data.input_size = 32
   c.hypotheses.crop_scales = (1.0, 1.25)
   c.hypotheses.stick_widths = (40.0, 60.0)

@@ -8,10 +8,10 @@ import jax
 import numpy as np
 
 from benchmarks import train_benchmark
+from deepskeleton_jax.training import train_step
 from deepskeleton_jax.training import config_lib
 from deepskeleton_jax.training import parallel
 from deepskeleton_jax.training import stages as stages_lib
-from deepskeleton_jax.training import train_loop
 
 from configs import tiny
 
@@ -24,13 +24,13 @@ def _step_memory(grad_accum: int, batch_size: int = 32) -> int:
                                     False, grad_accum)
   stage = stages_lib.build(config, 'direct_rgb')
   tcfg = config.direct_rgb.train
-  tx = train_loop.make_optimizer(tcfg)
+  tx = train_step.make_optimizer(tcfg)
   rng = jax.random.PRNGKey(0)
   norm = {'mean': np.zeros((16, 3), np.float32), 'std': np.float32(300.0)}
-  variables = jax.eval_shape(lambda r: train_loop.init_variables(stage, r), rng)
-  state = jax.eval_shape(lambda v: train_loop.create_state(v, tx, norm, rng), variables)
+  variables = jax.eval_shape(lambda r: train_step.init_variables(stage, r), rng)
+  state = jax.eval_shape(lambda v: train_step.create_state(v, tx, norm, rng), variables)
   batch = parallel.numeric_fields(train_benchmark.synthetic_batch(config, batch_size))
-  compiled = jax.jit(train_loop.make_train_step(stage, tcfg), donate_argnums=(0,)).lower(
+  compiled = jax.jit(train_step.make_train_step(stage, tcfg), donate_argnums=(0,)).lower(
       state, batch, None).compile()
   return train_benchmark.step_memory_bytes(compiled)
 

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from benchmarks import train_benchmark
+from deepskeleton_jax.training import train_step
 from deepskeleton_jax.training import checkpointing
 from deepskeleton_jax.training import config_lib
 from deepskeleton_jax.data import registry
@@ -229,12 +230,12 @@ def nan_step():
   config = _tiny_config()
   stage = stages_lib.build(config, STAGE)
   tcfg = config[STAGE].train
-  tx = train_loop.make_optimizer(tcfg)
+  tx = train_step.make_optimizer(tcfg)
   rng = jax.random.PRNGKey(0)
-  variables = jax.jit(lambda r: train_loop.init_variables(stage, r))(rng)
+  variables = jax.jit(lambda r: train_step.init_variables(stage, r))(rng)
   norm = {'mean': np.zeros((16, 3), np.float32), 'std': np.float32(300.0)}
-  state = train_loop.create_state(variables, tx, norm, rng).replace(step=jnp.int32(5))
-  return config, state, jax.jit(train_loop.make_train_step(stage, tcfg))
+  state = train_step.create_state(variables, tx, norm, rng).replace(step=jnp.int32(5))
+  return config, state, jax.jit(train_step.make_train_step(stage, tcfg))
 
 
 def _batch(config, nan: bool, seed: int):

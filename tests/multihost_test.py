@@ -30,11 +30,11 @@ import jax
 import numpy as np
 import pytest
 
+from deepskeleton_jax.training import train_step
 from deepskeleton_jax.training import checkpointing
 from deepskeleton_jax.data import registry
 from deepskeleton_jax.training import parallel
 from deepskeleton_jax.training import stages as stages_lib
-from deepskeleton_jax.training import train_loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 import multihost_worker
@@ -217,7 +217,7 @@ def test_run_py_in_two_processes_writes_once_resumes_and_matches_one(data_dir, t
   config = multihost_worker.tiny_config(str(data_dir))
   stage = stages_lib.build(config, 'lifting')
   init_rng, _ = jax.random.split(jax.random.PRNGKey(config.lifting.train.seed))
-  initial = jax.jit(lambda r: train_loop.init_variables(stage, r))(init_rng)
+  initial = jax.jit(lambda r: train_step.init_variables(stage, r))(init_rng)
   flat = multihost_worker.flatten
   _assert_same_updates(flat(got['variables']), flat(want['variables']), flat(initial),
                        'lifting variables')

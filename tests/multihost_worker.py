@@ -31,10 +31,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import tiny
 from benchmarks import train_benchmark
+from deepskeleton_jax.training import train_step
 from deepskeleton_jax.training import config_lib
 from deepskeleton_jax.training import parallel
 from deepskeleton_jax.training import stages as stages_lib
-from deepskeleton_jax.training import train_loop
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 GLOBAL_BATCH = 8
@@ -82,24 +82,24 @@ def run_steps(config: ml_collections.ConfigDict, stage_name: str, mesh: jax.shar
   """
   stage = stages_lib.build(config, stage_name)
   tcfg = config[stage_name].train
-  tx = train_loop.make_optimizer(tcfg)
+  tx = train_step.make_optimizer(tcfg)
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(tcfg.seed))
   norm = {'mean': np.zeros((16, 3), np.float32), 'std': np.float32(300.0)}
-  variables = jax.jit(lambda r: train_loop.init_variables(stage, r))(init_rng)
-  abstract = jax.eval_shape(lambda v, r: train_loop.create_state(v, tx, norm, r),
+  variables = jax.jit(lambda r: train_step.init_variables(stage, r))(init_rng)
+  abstract = jax.eval_shape(lambda v, r: train_step.create_state(v, tx, norm, r),
                             variables, state_rng)
-  sharding = parallel.stacked_sharding(mesh, abstract, stage.num_hyps)
+  sharding = parallel.state_sharding(mesh, abstract)
   local = parallel.local_batch_size(GLOBAL_BATCH, mesh)
   rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
   batches = [parallel.global_batch(
       {k: v[rows] for k, v in train_benchmark.synthetic_batch(
           config, GLOBAL_BATCH, seed=BATCH_SEED + i).items()}, mesh)
              for i in range(num_steps)]
-  create = jax.jit(lambda v, r: train_loop.create_state(v, tx, norm, r),
+  create = jax.jit(lambda v, r: train_step.create_state(v, tx, norm, r),
                    out_shardings=sharding).lower(variables, state_rng).compile()
   abstract = jax.tree_util.tree_map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, sharding)
-  step = jax.jit(train_loop.make_train_step(stage, tcfg),
+  step = jax.jit(train_step.make_train_step(stage, tcfg),
                  in_shardings=(sharding, parallel.batch_sharding(mesh),
                                parallel.replicated(mesh)),
                  out_shardings=(sharding, parallel.replicated(mesh)),

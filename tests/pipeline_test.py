@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from benchmarks import train_benchmark
+from deepskeleton_jax.training import train_step
 from deepskeleton_jax.training import checkpointing
 from deepskeleton_jax.training import config_lib
 from deepskeleton_jax.data import registry
@@ -101,17 +102,17 @@ def test_sharded_step_matches_single_device(trained):
     config.regressor.train.learning_rate = 0.1
   stage = stages_lib.build(config, 'regressor')
   tcfg = config.regressor.train
-  tx = train_loop.make_optimizer(tcfg)
+  tx = train_step.make_optimizer(tcfg)
   rng = jax.random.PRNGKey(0)
   norm = {'mean': np.zeros((16, 3), np.float32), 'std': np.float32(300.0)}
-  variables = jax.jit(lambda r: train_loop.init_variables(stage, r))(rng)
-  state = train_loop.create_state(variables, tx, norm, rng)
+  variables = jax.jit(lambda r: train_step.init_variables(stage, r))(rng)
+  state = train_step.create_state(variables, tx, norm, rng)
   before = [np.asarray(x) for x in jax.tree_util.tree_leaves(state.params)]
   batch = train_benchmark.synthetic_batch(config, 8)
-  step = train_loop.make_train_step(stage, tcfg)
+  step = train_step.make_train_step(stage, tcfg)
   plain_state, plain = jax.jit(step)(state, parallel.numeric_fields(batch), None)
   mesh = parallel.make_mesh(2)
-  shard = parallel.stacked_sharding(mesh, state, stage.num_hyps)
+  shard = parallel.state_sharding(mesh, state)
   sharded_fn = jax.jit(step, in_shardings=(shard, parallel.batch_sharding(mesh), None),
                        out_shardings=(shard, parallel.replicated(mesh)))
   sharded_state, sharded = sharded_fn(jax.device_put(state, shard),
@@ -228,9 +229,9 @@ def test_plateau_schedule_decays_after_patience(trained, tmp_path):
   stage = stages_lib.build(config, 'direct_rgb')
   mesh = parallel.make_mesh(1)
   state = checkpointing.load_variables(str(tmp_path), 'direct_rgb')
-  tx = train_loop.make_optimizer(tcfg)
-  state = train_loop.create_state(state['variables'], tx, state['norm'], jax.random.PRNGKey(0))
-  eval_loss = jax.jit(train_loop.make_eval_loss(stage))
+  tx = train_step.make_optimizer(tcfg)
+  state = train_step.create_state(state['variables'], tx, state['norm'], jax.random.PRNGKey(0))
+  eval_loss = jax.jit(train_step.make_eval_loss(stage))
   writer = metric_writer.MetricWriter(str(tmp_path / 'again'))
   for want in (1.0, tcfg.decay_factor, tcfg.decay_factor ** 2):
     state = train_loop._plateau(config, stage, state, eval_loss, None, mesh, tcfg, writer, 0)  # pylint: disable=protected-access

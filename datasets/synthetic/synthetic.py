@@ -30,13 +30,16 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+from deepskeleton_jax import errors
 from deepskeleton_jax.data import example_format
 from . import pose_sampler
 from . import synthetic_render
 
 CROP_SCALE = 1.5
 EXAMPLES_PER_PERSON = 16
-_SPLITS = {'train': 0, 'test': 1}
+# 'holdout' is drawn like 'train' (other people): the validation split of the
+# plateau schedule, so training never opens 'test'.
+_SPLITS = {'train': 0, 'test': 1, 'holdout': 2}
 
 
 @dataclasses.dataclass
@@ -46,11 +49,13 @@ class SyntheticConfig(tfds.core.BuilderConfig):
   Attributes:
     num_train: number of training examples.
     num_test: number of test examples.
+    num_holdout: number of held-out training examples (validation split).
     crop_size: side of the stored crop in pixels.
     seed: random seed; equal seeds give equal datasets.
   """
   num_train: int = 3000
   num_test: int = 300
+  num_holdout: int = 200
   crop_size: int = 144
   seed: int = 0
 
@@ -58,10 +63,10 @@ class SyntheticConfig(tfds.core.BuilderConfig):
 class Synthetic(tfds.core.GeneratorBasedBuilder):
   """Procedurally rendered people with exact 3D poses and cameras."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.', '1.1.0': "A 'holdout' split."}
   BUILDER_CONFIGS = [SyntheticConfig(
-      name='default', description='3000 train / 300 test crops of 144 px.')]
+      name='default', description='3000 train / 200 holdout / 300 test crops of 144 px.')]
 
   def _info(self) -> tfds.core.DatasetInfo:
     return example_format.dataset_info(
@@ -71,17 +76,17 @@ class Synthetic(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # Nothing to download.
     cfg = self.builder_config
-    for name, low in (('num_train', 1), ('num_test', 1), ('crop_size', 16),
+    for name, low in (('num_train', 1), ('num_test', 1), ('num_holdout', 1), ('crop_size', 16),
                       ('seed', 0)):
       if getattr(cfg, name) < low:
-        raise ValueError(f'data.builder_kwargs.{name} must be >= {low}, got '
+        raise errors.ConfigError(f'data.builder_kwargs.{name} must be >= {low}, got '
                          f'{getattr(cfg, name)}')
     return {split: self._generate_examples(split) for split in _SPLITS}
 
   def _generate_examples(self, split: str):
     """Yields (key, example); rejected examples are counted in the log."""
     cfg = self.builder_config
-    num = cfg.num_train if split == 'train' else cfg.num_test
+    num = getattr(cfg, f'num_{split}')
     rejected = 0
     for index in range(num):
       try:

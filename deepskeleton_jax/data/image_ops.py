@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from deepskeleton_jax import errors
+
 
 def to_opencv_affine(affine: np.ndarray) -> np.ndarray:
   """Converts a continuous-convention [2, 3] affine to OpenCV's convention.
@@ -70,11 +72,11 @@ def decode_image(data: bytes, name: str = '<bytes>') -> np.ndarray:
     [H, W, 3] uint8 RGB.
 
   Raises:
-    ValueError: when the bytes are not a decodable image.
+    errors.InputError: when the bytes are not a decodable image.
   """
   arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
   if arr is None:
-    raise ValueError(f'{name}: not a decodable image ({len(data)} bytes)')
+    raise errors.InputError(f'{name}: not a decodable image ({len(data)} bytes)')
   return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
 
 
@@ -84,5 +86,5 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     with open(path, 'rb') as f:
       data = f.read()
   except OSError as e:
-    raise ValueError(f'{path}: cannot read image file ({e})') from e
+    raise errors.InputError(f'{path}: cannot read image file ({e})') from e
   return decode_image(data, name=str(path))

@@ -36,6 +36,8 @@ are rendered on the device by the train step, not here.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import sys
 import threading
@@ -64,6 +66,34 @@ _OPEN_LOCK = threading.Lock()
 
 def _text(value: Any) -> str:
   return value.decode('utf-8') if isinstance(value, bytes) else str(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Augmentation:
+  """One example's augmentation (the identity when not augmenting)."""
+  scale: float = 1.0
+  rotation_deg: float = 0.0
+  flip: bool = False
+  gain: np.ndarray | float = 1.0
+  offset: np.float32 | float = 0.0
+  perm: np.ndarray = dataclasses.field(default_factory=lambda: np.arange(K))
+
+  @classmethod
+  def draw(cls, rng: np.random.Generator | None) -> _Augmentation:
+    """Random scale, rotation, flip and colour (the draw order is part of the seed contract)."""
+    if rng is None:
+      return cls()
+    scale = float(np.exp(rng.uniform(-AUG_SCALE, AUG_SCALE)))
+    rot = 0.0
+    if rng.random() < AUG_ROTATION_PROB:
+      rot = float(np.clip(rng.normal(0.0, AUG_ROTATION_DEG),
+                          -2 * AUG_ROTATION_DEG, 2 * AUG_ROTATION_DEG))
+    flip = bool(rng.random() < AUG_FLIP_PROB)
+    gain = (rng.uniform(1 - AUG_COLOR, 1 + AUG_COLOR, size=3)
+            * rng.uniform(1 - AUG_COLOR, 1 + AUG_COLOR)).astype(np.float32)
+    offset = np.float32(rng.uniform(-AUG_COLOR, AUG_COLOR) * 64.0)
+    perm = skeleton.flip_permutation() if flip else np.arange(K)
+    return cls(scale, rot, flip, gain, offset, perm)
 
 
 class ExampleTransform:
@@ -133,42 +163,39 @@ class ExampleTransform:
     if isinstance(image, bytes):
       image = image_ops.decode_image(image, name=f'example {index}')
     image_free = image.shape[0] <= 1
-    if image_free:
-      if not self.image_free_crop_size:
-        raise ValueError(f'example {index}: 1x1 placeholder image but the '
-                         'builder config has no crop_size')
-      crop_side = float(self.image_free_crop_size)
-    else:
-      crop_side = float(image.shape[0])
+    if image_free and not self.image_free_crop_size:
+      raise ValueError(f'example {index}: 1x1 placeholder image but the '
+                       'builder config has no crop_size')
+    crop_side = float(self.image_free_crop_size if image_free else image.shape[0])
+    aug = _Augmentation.draw(rng)
+    affines = self._affines(crop_side, float(example['crop_scale']), aug)
+    for i, affine in enumerate(affines):
+      out['image'][row, i] = 0 if image_free else image_ops.warp_affine(
+          image, affine, self.input_size)
+    if rng is not None and not image_free:
+      out['image'][row] = np.clip(out['image'][row] * aug.gain + aug.offset, 0, 255)
+    self._fill_labels(out, row, example, affines, aug.perm)
+    out['index'][row] = index
+    out['frame'][row] = int(example.get('frame', 0))
+    out['mask'][row] = True
+    for k in STRING_FIELDS:
+      out[k][row] = _text(example[k])
+
+  def _affines(self, crop_side: float, stored_scale: float, aug: _Augmentation) -> np.ndarray:
+    """[C, 2, 3] stored crop -> input affines: per scale the central c / crop_scale part."""
     s, num = self.input_size, len(self.crop_scales)
-    perm = np.arange(K)
-    rot_deg, scale, flip = 0.0, 1.0, False
-    if rng is not None:
-      scale = float(np.exp(rng.uniform(-AUG_SCALE, AUG_SCALE)))
-      if rng.random() < AUG_ROTATION_PROB:
-        rot_deg = float(np.clip(rng.normal(0.0, AUG_ROTATION_DEG),
-                                -2 * AUG_ROTATION_DEG, 2 * AUG_ROTATION_DEG))
-      flip = bool(rng.random() < AUG_FLIP_PROB)
-      gain = (rng.uniform(1 - AUG_COLOR, 1 + AUG_COLOR, size=3)
-              * rng.uniform(1 - AUG_COLOR, 1 + AUG_COLOR)).astype(np.float32)
-      offset = np.float32(rng.uniform(-AUG_COLOR, AUG_COLOR) * 64.0)
-      if flip:
-        perm = skeleton.flip_permutation()
-    # Crop -> input affines, one per scale: the central c / crop_scale part.
-    boxes = crop_side * self.crop_scales / float(example['crop_scale']) * scale
+    boxes = crop_side * self.crop_scales / stored_scale * aug.scale
     centers = np.full((num, 2), crop_side / 2.0, np.float32)
     affines = camera.crop_affine(centers, boxes.astype(np.float32), s,
-                                 rot_deg).astype(np.float64)
-    if flip:  # x -> s - x after the crop.
+                                 aug.rotation_deg).astype(np.float64)
+    if aug.flip:  # x -> s - x after the crop.
       affines[:, 0] = -affines[:, 0]
       affines[:, 0, 2] += s
-    for i in range(num):
-      if image_free:
-        out['image'][row, i] = 0
-      else:
-        out['image'][row, i] = image_ops.warp_affine(image, affines[i], s)
-    if rng is not None and not image_free:
-      out['image'][row] = np.clip(out['image'][row] * gain + offset, 0, 255)
+    return affines
+
+  def _fill_labels(self, out, row, example, affines, perm) -> None:
+    """Joints, intrinsics, head size and affines of one example, through `affines`."""
+    num = len(affines)
     visible = np.asarray(example['visible'], bool)
     joints = camera.apply_affine(
         np.broadcast_to(np.asarray(example['joints_2d'], np.float64), (num, K, 2)),
@@ -196,11 +223,6 @@ class ExampleTransform:
     out['visible'][row] = visible[perm]
     out['has_3d'][row] = bool(example['has_3d'])
     out['has_intrinsics'][row] = has_intr
-    out['index'][row] = index
-    out['frame'][row] = int(example.get('frame', 0))
-    out['mask'][row] = True
-    for k in STRING_FIELDS:
-      out[k][row] = _text(example[k])
 
   def __call__(self, example: dict[str, Any], index: int,
                rng: np.random.Generator | None = None) -> dict[str, Any]:
@@ -210,8 +232,24 @@ class ExampleTransform:
     return {k: v[0] for k, v in out.items()}
 
 
+@functools.lru_cache(maxsize=8)
+def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  """The order of the split's examples in one epoch: a pure function of its arguments.
+
+  Cached (grain's prefetch threads read the plan concurrently; a cache miss
+  in two threads at once computes the same array twice, harmlessly).
+  """
+  perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
+  perm.setflags(write=False)
+  return perm
+
+
 class _EpochPlan(grain.MapDataset):
-  """Position k of a process's stream -> (epoch, example index), -1 = padding."""
+  """Position k of a process's stream -> (epoch, example index), -1 = padding.
+
+  Stateless: entry k depends only on the constructor's arguments and k, so
+  any number of threads may read it at once.
+  """
 
   def __init__(self, num_examples: int, process_index: int, process_count: int,
                shuffle: bool, seed: int, num_epochs: int | None, length: int):
@@ -221,7 +259,6 @@ class _EpochPlan(grain.MapDataset):
     self._local = (process_index + 1) * num_examples // process_count - self._start
     self._shuffle, self._seed = shuffle, seed
     self._num_epochs, self._length = num_epochs, length
-    self._perm_epoch, self._perm = -1, None
 
   def __len__(self) -> int:
     return self._length
@@ -240,10 +277,7 @@ class _EpochPlan(grain.MapDataset):
     g = self._start + pos
     if not self._shuffle:
       return (epoch, g)
-    if self._perm_epoch != epoch:
-      self._perm = np.random.default_rng([self._seed, epoch]).permutation(self._n)
-      self._perm_epoch = epoch
-    return (epoch, int(self._perm[g]))
+    return (epoch, int(epoch_permutation(self._n, self._seed, epoch)[g]))
 
 
 class _SplitSource:

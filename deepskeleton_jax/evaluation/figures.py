@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from typing import Any, Sequence
 
 from matplotlib import patheffects
@@ -33,6 +32,7 @@ from matplotlib.lines import Line2D
 from mpl_toolkits.mplot3d import Axes3D
 import numpy as np
 
+from deepskeleton_jax import files
 from deepskeleton_jax.geometry import skeleton
 
 # Default novel viewpoint (elevation, azimuth) in degrees: 30 degrees around
@@ -227,17 +227,10 @@ def _save(fig: Figure, path: str | None) -> str | Figure:
   if path is None:
     return fig
   path = os.fspath(path)
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp_', suffix='.png')
-  try:
-    with os.fdopen(fd, 'wb') as f:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with files.atomic_path(path) as tmp:
+    with open(tmp, 'wb') as f:
       FigureCanvasAgg(fig).print_png(f)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
   return path
 
 

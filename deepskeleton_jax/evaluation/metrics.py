@@ -210,6 +210,21 @@ def pckh(pred: Array, gt: Array, head_size: Array, visible: Array,
     Persons without a head size (<= 0 or not finite) are left out, not
     counted as misses.
   """
+  return pckh_from_counts(*pckh_counts(pred, gt, head_size, visible, threshold))
+
+
+def pckh_counts(pred: Array, gt: Array, head_size: Array, visible: Array,
+                threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray, int]:
+  """The sums behind `pckh`, to accumulate over batches.
+
+  Args:
+    pred, gt, head_size, visible, threshold: as for `pckh`.
+
+  Returns:
+    (hits [16] int, count [16] int, persons int): per joint the visible
+    instances within the threshold and all visible instances, of the persons
+    with a head size; add them up over batches and pass to `pckh_from_counts`.
+  """
   k = skeleton.NUM_JOINTS
   _check_joints('pred', pred, 2, k)
   _check_same('pred', pred, 'gt', gt)
@@ -222,24 +237,28 @@ def pckh(pred: Array, gt: Array, head_size: Array, visible: Array,
   pred = np.asarray(pred, np.float64).reshape(-1, k, 2)
   gt = np.asarray(gt, np.float64).reshape(-1, k, 2)
   head_size = np.asarray(head_size, np.float64).reshape(-1, 1)
-  visible = np.asarray(visible).astype(bool).reshape(-1, k)
   scored = np.isfinite(head_size[:, 0]) & (head_size[:, 0] > 0)
-  visible = visible & scored[:, None]
+  visible = np.asarray(visible).astype(bool).reshape(-1, k) & scored[:, None]
   with np.errstate(invalid='ignore', divide='ignore'):
     dist = np.linalg.norm(pred - gt, axis=-1) / head_size
-    correct = (dist < threshold) & visible
-  count = visible.sum(axis=0)
-  hits = correct.sum(axis=0)
+  correct = (dist < threshold) & visible
+  return correct.sum(axis=0), visible.sum(axis=0), int(scored.sum())
+
+
+def pckh_from_counts(hits: Array, count: Array, persons: int) -> dict[str, Any]:
+  """The `pckh` result from (summed) `pckh_counts`."""
+  hits = np.asarray(hits, np.int64)
+  count = np.asarray(count, np.int64)
   with np.errstate(invalid='ignore', divide='ignore'):
     per_joint = 100.0 * hits / count
-  keep = np.ones(k, bool)
+  keep = np.ones(skeleton.NUM_JOINTS, bool)
   keep[list(_PCKH_EXCLUDED)] = False
   total = count[keep].sum()
   mean = 100.0 * hits[keep].sum() / total if total else math.nan
-  with np.errstate(invalid='ignore'):
-    mean_joints = float(np.nanmean(per_joint[keep])) if np.any(count[keep]) else math.nan
+  scored = keep & (count > 0)
+  mean_joints = float(np.mean(per_joint[scored])) if scored.any() else math.nan
   result = {'per_joint': per_joint, 'count': count, 'mean': float(mean),
-            'mean_joints': mean_joints, 'persons': int(scored.sum())}
+            'mean_joints': mean_joints, 'persons': int(persons)}
   result['groups'] = pckh_groups(result)
   return result
 

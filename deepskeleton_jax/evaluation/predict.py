@@ -3,10 +3,11 @@
 For each image (and optional person box `x0 y0 x1 y1`; otherwise the whole
 image), crops at every hypothesis' crop scale, runs the trained SkeletonMapNet
 and regressors, matches the hypotheses against the hourglass' 2D detections
-(scaled orthographic: a user's image has no known camera), and writes
-`<name>.json` (2D joints in image pixels, the chosen 3D pose, all hypotheses)
-and `<name>.png` (input with 2D overlay, fg/bg maps, the chosen 3D pose from a
-novel viewpoint with the other hypotheses faded behind it).
+(scaled orthographic, weighted by the detection confidences: a user's image
+has no known camera), and writes `<name>.json` (2D joints in image pixels,
+the chosen 3D pose, all hypotheses) and `<name>.png` (input with 2D overlay,
+fg/bg maps, the chosen 3D pose from a novel viewpoint with the other
+hypotheses faded behind it). `predict_video.py` does the same for videos.
 """
 
 from __future__ import annotations
@@ -20,16 +21,28 @@ import jax
 import ml_collections
 import numpy as np
 
-from deepskeleton_jax.geometry import camera
-from deepskeleton_jax.training import config_lib
-from deepskeleton_jax.evaluation import evaluate
+from deepskeleton_jax import errors
+from deepskeleton_jax import files
 from deepskeleton_jax.data import image_ops
+from deepskeleton_jax.evaluation import inference
 from deepskeleton_jax.evaluation import matching
+from deepskeleton_jax.geometry import camera
 from deepskeleton_jax.geometry import skeleton
 from deepskeleton_jax.training import stages as stages_lib
-from deepskeleton_jax.evaluation import figures
 
 K = skeleton.NUM_JOINTS
+
+
+def parse_box(text: str, where: str) -> np.ndarray:
+  """One 'x0 y0 x1 y1' box (spaces or commas); `where` names it in errors."""
+  try:
+    vals = [float(v) for v in text.replace(',', ' ').split()]
+  except ValueError:
+    vals = []
+  if len(vals) != 4 or vals[2] <= vals[0] or vals[3] <= vals[1]:
+    raise errors.ConfigError(f"{where}: {text!r} is not a box; expected 'x0 y0 x1 y1' "
+                             'with x1 > x0 and y1 > y0')
+  return np.array(vals, np.float32)
 
 
 def parse_boxes(text: str, num_images: int) -> list[np.ndarray | None]:
@@ -38,90 +51,116 @@ def parse_boxes(text: str, num_images: int) -> list[np.ndarray | None]:
     return [None] * num_images
   parts = [p.strip() for p in text.split(';')]
   if len(parts) != num_images:
-    raise ValueError(f'config.predict.boxes has {len(parts)} boxes for {num_images} images; '
-                     "expected one 'x0 y0 x1 y1' per image, separated by ';'")
-  boxes = []
-  for p in parts:
-    vals = [float(v) for v in p.replace(',', ' ').split()]
-    if len(vals) != 4 or vals[2] <= vals[0] or vals[3] <= vals[1]:
-      raise ValueError(f"config.predict.boxes entry {p!r}: expected 'x0 y0 x1 y1' with x1>x0, y1>y0")
-    boxes.append(np.array(vals, np.float32))
-  return boxes
+    raise errors.ConfigError(
+        f'config.predict.boxes has {len(parts)} boxes for {num_images} images; '
+        "expected one 'x0 y0 x1 y1' per image, separated by ';'")
+  return [parse_box(p, 'config.predict.boxes') for p in parts]
 
 
-def make_batch(image: np.ndarray, box: np.ndarray | None, crop_scales, size: int) -> dict[str, np.ndarray]:
-  """One-example batch in the input pipeline's format (labels zero)."""
-  h, w = image.shape[:2]
-  if box is None:
-    box = np.array([0, 0, w, h], np.float32)
-  center = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2], np.float32)
-  side = float(max(box[2] - box[0], box[3] - box[1]))
+def make_batch(images: list[np.ndarray], boxes: list[np.ndarray | None], crop_scales,
+               size: int) -> dict[str, np.ndarray]:
+  """A batch in the input pipeline's format (labels zero), one row per image.
+
+  Args:
+    images: [H, W, 3] uint8 RGB images.
+    boxes: per image its person box `x0 y0 x1 y1`, or None for the whole image.
+    crop_scales: `data.crop_scales`.
+    size: the input side.
+
+  Returns:
+    The batch: `image` [b, C, size, size, 3], `input_to_image` [b, C, 2, 3], and
+    zero labels.
+  """
   crops, to_image = [], []
-  for c in crop_scales:
-    a = camera.crop_affine(center, np.float32(side * c), size)
-    crops.append(image_ops.warp_affine(image, a, size))
-    to_image.append(camera.invert_affine(a))
-  c = len(crop_scales)
+  for image, box in zip(images, boxes):
+    h, w = image.shape[:2]
+    box = np.array([0, 0, w, h], np.float32) if box is None else box
+    center = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2], np.float32)
+    side = float(max(box[2] - box[0], box[3] - box[1]))
+    affines = [camera.crop_affine(center, np.float32(side * c), size) for c in crop_scales]
+    crops.append(np.stack([image_ops.warp_affine(image, a, size) for a in affines]))
+    to_image.append(np.stack([camera.invert_affine(a) for a in affines]))
+  b, c = len(images), len(crop_scales)
   return {
-      'image': np.stack(crops)[None], 'input_to_image': np.stack(to_image)[None].astype(np.float32),
-      'joints_2d': np.zeros((1, c, K, 2), np.float32), 'visible': np.ones((1, K), bool),
-      'joints_3d': np.zeros((1, K, 3), np.float32), 'has_3d': np.zeros((1,), bool),
+      'image': np.stack(crops), 'input_to_image': np.stack(to_image).astype(np.float32),
+      'joints_2d': np.zeros((b, c, K, 2), np.float32), 'visible': np.ones((b, K), bool),
+      'joints_3d': np.zeros((b, K, 3), np.float32), 'has_3d': np.zeros((b,), bool),
   }
+
+
+class Predictor:
+  """The trained pipeline on user images: maps, hypotheses, 2D, the chosen pose."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.loaded = inference.load_stages(
+        config, workdir, ('skeleton_net', 'regressor', 'hourglass'),
+        required=('skeleton_net', 'regressor'))
+    if 'hourglass' not in self.loaded:
+      logging.warning('no hourglass checkpoint: the base hypothesis is used and its 2D '
+                      'comes from its own projection')
+    self.variables = {k: v['variables'] for k, v in self.loaded.items()}
+    self.norms = {k: v['norm'] for k, v in self.loaded.items()}
+    self.fn = jax.jit(inference.make_predict_fn(config, self.loaded, with_labels=False))
+    self.lay = stages_lib.layout(config)
+    self.crop_scales = tuple(config.data.crop_scales)
+
+  def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Outputs for a `make_batch` batch, with the choice and image-pixel 2D.
+
+    Returns:
+      The pipeline outputs (`maps` [b, H, s, s, 6], `hyps` [b, H, 16, 3], ...)
+      plus `chosen` [b], `pose` [b, 16, 3] (mm), `joints_2d` [b, 16, 2] in image
+      pixels, `confidence` [b, 16] (ones without a hourglass).
+    """
+    out = {k: np.asarray(v) for k, v in jax.device_get(
+        self.fn(self.variables, self.norms, batch)).items()}
+    out['maps'] = np.moveaxis(out['maps'], 0, 1)
+    hyps, size = out['hyps'], self.lay.input_size
+    to_image = batch['input_to_image'][:, self.lay.unit]
+    if 'detections' in out:
+      conf = np.clip(out['detection_conf'], 0.0, None)
+      idx, _ = matching.select(hyps, out['detections'], conf)
+      chosen, joints = np.asarray(idx), out['detections']
+    else:
+      chosen = np.full(len(hyps), self.lay.base, np.int32)
+      proj = hyps[np.arange(len(hyps)), chosen, :, :2]
+      proj = proj - proj.mean(1, keepdims=True)
+      scale = 0.35 * size / np.maximum(np.abs(proj).max((1, 2), keepdims=True), 1e-6)
+      joints, conf = proj * scale + size / 2, np.ones(proj.shape[:2], np.float32)
+    out.update(chosen=chosen, pose=hyps[np.arange(len(hyps)), chosen],
+               joints_2d=np.asarray(camera.apply_affine(joints, to_image)), confidence=conf)
+    return out
 
 
 def predict(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
   """Predicts every image in `config.predict.images`; returns the JSON records."""
   paths = [p.strip() for p in str(config.predict.images).split(',') if p.strip()]
   if not paths:
-    raise ValueError('config.predict.images is empty: pass --config.predict.images=a.jpg,b.jpg')
+    raise errors.ConfigError('config.predict.images is empty: pass '
+                             '--config.predict.images=a.jpg,b.jpg (or '
+                             '--config.predict.video=clip.mp4)')
   boxes = parse_boxes(config.predict.boxes, len(paths))
-  loaded = evaluate.load_stages(config, workdir, ('skeleton_net', 'regressor', 'hourglass'))
-  for need in ('skeleton_net', 'regressor'):
-    if need not in loaded:
-      raise FileNotFoundError(
-          f'predict needs a trained {need}: no checkpoint under {workdir}/{need}/checkpoints')
-  variables = {k: v['variables'] for k, v in loaded.items()}
-  norms = {k: v['norm'] for k, v in loaded.items()}
-  fn = jax.jit(evaluate.make_predict_fn(config, loaded))
+  images = [image_ops.read_image(p) for p in paths]  # every file is checked first
+  predictor = Predictor(config, workdir)
   out_dir = config.predict.output_dir or os.path.join(workdir, 'predict')
   os.makedirs(out_dir, exist_ok=True)
-  unit = stages_lib.unit_crop_index(config)
-  base = config.hypotheses.base
+  source = 'hourglass' if 'hourglass' in predictor.loaded else 'projection of the base hypothesis'
   records = []
-  for path, box in zip(paths, boxes):
-    image = image_ops.read_image(path)
-    batch = make_batch(image, box, config.data.crop_scales, config.data.input_size)
-    out = jax.device_get(fn(variables, norms, {k: v for k, v in batch.items()}))
-    hyps = np.asarray(out['hyps'][0])
-    to_image = batch['input_to_image'][0, unit]
-    if 'detections' in out:
-      dets = np.asarray(out['detections'])
-      idx, _ = matching.select(hyps[None], dets, np.ones((1, K), bool))
-      chosen = int(idx[0])
-      joints_2d = camera.apply_affine(dets[0], to_image)
-      source = 'hourglass'
-    else:
-      logging.warning('no hourglass checkpoint: using the base hypothesis, 2D from its projection')
-      chosen = base
-      proj = hyps[chosen, :, :2] - hyps[chosen, :, :2].mean(0)
-      scale = 0.35 * config.data.input_size / max(np.abs(proj).max(), 1e-6)
-      joints_2d = camera.apply_affine(proj * scale + config.data.input_size / 2, to_image)
-      source = 'projection of the base hypothesis'
+  for path, image, box in zip(paths, images, boxes):
+    out = predictor(make_batch([image], [box], predictor.crop_scales, predictor.lay.input_size))
+    chosen, hyps = int(out['chosen'][0]), out['hyps'][0]
     name = os.path.splitext(os.path.basename(path))[0]
     record = {'image': path, 'box': None if box is None else box.tolist(),
-              'joints_2d': np.asarray(joints_2d).tolist(), 'joints_2d_source': source,
+              'joints_2d': out['joints_2d'][0].tolist(), 'joints_2d_source': source,
               'joint_names': list(skeleton.JOINT_NAMES), 'chosen_hypothesis': chosen,
               'joints_3d_mm': hyps[chosen].tolist(), 'hypotheses_mm': hyps.tolist(),
-              'hypotheses_config': [list(h) for h in config_lib.hypothesis_list(config)]}
-    json_path = os.path.join(out_dir, f'{name}.json')
-    tmp = f'{json_path}.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(record, f, indent=1)
-    os.replace(tmp, json_path)
-    maps = np.asarray(out['maps'][chosen, 0])
-    figures.prediction_figure(os.path.join(out_dir, f'{name}.png'), image, np.asarray(joints_2d),
-                                maps[..., :3], maps[..., 3:], hyps, chosen,
-                                title=f'{name}: hypothesis {chosen} chosen')
+              'hypotheses_config': [list(h) for h in predictor.lay.hypotheses]}
+    files.write_text(os.path.join(out_dir, f'{name}.json'), json.dumps(record, indent=1))
+    from deepskeleton_jax.evaluation import figures  # pylint: disable=g-import-not-at-top
+    maps = out['maps'][0, chosen]
+    figures.prediction_figure(os.path.join(out_dir, f'{name}.png'), image, out['joints_2d'][0],
+                              maps[..., :3], maps[..., 3:], hyps, chosen,
+                              title=f'{name}: hypothesis {chosen} chosen')
     logging.info('predict: %s -> %s/%s.{json,png}', path, out_dir, name)
     records.append(record)
   return records

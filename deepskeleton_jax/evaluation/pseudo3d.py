@@ -23,6 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from deepskeleton_jax import files
 from deepskeleton_jax.training import checkpointing
 from deepskeleton_jax.data import input_pipeline
 from deepskeleton_jax.training import stages as stages_lib
@@ -65,8 +66,7 @@ def write_pseudo_3d(config: ml_collections.ConfigDict, workdir: str) -> str:
   out_dir = config.predict.output_dir or workdir
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, 'pseudo_3d.npz')
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, **poses)
-  os.replace(tmp, path)
+  with files.atomic_path(path) as tmp:
+    np.savez(tmp, **poses)
   logging.info('pseudo3d: %d poses -> %s', len(poses), path)
   return path

@@ -155,11 +155,16 @@ def generic_table(values_by_row: Mapping[str, Mapping[str, float]], *,
     precision: decimals.
 
   Returns:
-    The Markdown text.
+    The Markdown text; Avg is the mean over the row's columns unless the row
+    gives its own 'Avg'.
   """
-  columns = sorted({c for row in values_by_row.values() for c in row})
+  columns = sorted({c for row in values_by_row.values() for c in row} - {'Avg'})
   values = {}
   for name, row in values_by_row.items():
-    values[name] = {c: float(v) for c, v in row.items()}
-    values[name]['Avg'] = float(np.mean(list(row.values()))) if row else math.nan
+    cells = {c: float(v) for c, v in row.items() if c != 'Avg'}
+    if 'Avg' in row:
+      cells['Avg'] = float(row['Avg'])
+    else:
+      cells['Avg'] = float(np.mean(list(cells.values()))) if cells else math.nan
+    values[name] = cells
   return _grid(values, tuple(columns) + ('Avg',), False, False, precision)

@@ -241,9 +241,11 @@ def fit_scaled_orthographic(points_3d: Array, points_2d: Array,
                             eps: float = 1e-8) -> tuple[Array, Array]:
   """Closed-form scaled-orthographic fit x ~= s * X[:, :2] + o.
 
-  Minimises sum_k w_k |s X_k,xy + o - x_k|^2 over the scale s and offset o.
-  The optimum centres both point sets at their weighted means, then
-  s = sum w <X~, x~> / sum w |X~|^2.
+  Minimises sum_k w_k |s X_k,xy + o - x_k|^2 over the scale s >= 0 and the
+  offset o. The optimum centres both point sets at their weighted means, then
+  s = max(0, sum w <X~, x~> / sum w |X~|^2): a camera cannot mirror the image,
+  so a pose turned 180 degrees in the image plane (which a negative scale
+  would fit perfectly) gets its true, large error.
 
   Args:
     points_3d: [..., K, 3] (only x and y are used).
@@ -277,5 +279,6 @@ def fit_scaled_orthographic(points_3d: Array, points_2d: Array,
   b = points_2d - mean_2d[..., None, :]
   scale = xp.sum(w * a * b, axis=(-2, -1)) / xp.maximum(
       xp.sum(w * a * a, axis=(-2, -1)), eps)
+  scale = xp.maximum(scale, 0.0)  # the constrained optimum (convex in s)
   offset = mean_2d - scale[..., None] * mean_3d
   return scale, offset

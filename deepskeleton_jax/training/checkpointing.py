@@ -22,6 +22,8 @@ from etils import epath
 import numpy as np
 import orbax.checkpoint as ocp
 
+from deepskeleton_jax import errors
+
 
 class DataIteratorHandler(ocp.CheckpointHandler):
   """Saves `iterator.get_state()` per process; restores with `set_state`."""
@@ -118,7 +120,7 @@ def load_variables(workdir: str, stage: str) -> dict[str, Any]:
      'norm': pose normalisation, 'step': int}.
 
   Raises:
-    FileNotFoundError: naming the expected checkpoint directory.
+    errors.CheckpointNotFoundError: naming the expected checkpoint directory.
   """
   path = checkpoint_dir(workdir, stage)
   mngr = ocp.CheckpointManager(path, item_names=('state', 'data'),
@@ -127,7 +129,7 @@ def load_variables(workdir: str, stage: str) -> dict[str, Any]:
       if os.path.isdir(path) else None
   step = mngr.latest_step() if mngr is not None else None
   if step is None:
-    raise FileNotFoundError(
+    raise errors.CheckpointNotFoundError(
         f'no checkpoint of stage {stage!r} in {path}: train it first with '
         f'`python run.py --mode=train --config=... --config.stages={stage} '
         f'--workdir={workdir}`')

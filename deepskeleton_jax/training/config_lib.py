@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from deepskeleton_jax import errors
+
 STAGES = ('skeleton_net', 'regressor', 'direct_rgb', 'ensemble', 'hourglass',
           'lifting')
 DATASETS = ('synthetic', 'human36m', 'mpii', 'bvh_mocap')
@@ -50,6 +52,7 @@ def train_group(batch_size: int, num_steps: int, learning_rate: float,
       'decay_steps': (),              # step: steps at which to decay
       'plateau_patience': 2,          # plateau: evaluations without improvement
       'plateau_every': 1000,          # plateau: steps between validation losses
+      'plateau_examples': 1024,       # plateau: fixed random subset of data.val_split
       'warmup_steps': 0,
       'grad_accum': 1,                # micro-batches per step
       'nonfinite': 'stop',            # 'stop' or 'skip' a non-finite update
@@ -62,95 +65,120 @@ def train_group(batch_size: int, num_steps: int, learning_rate: float,
   return train
 
 
-def base_config() -> ml_collections.ConfigDict:
-  """Defaults shared by every experiment (the paper's Human3.6M setting)."""
-  c = ml_collections.ConfigDict()
-  c.data = ml_collections.ConfigDict({
+def data_group() -> ml_collections.ConfigDict:
+  """Dataset and input pipeline (see data/input_pipeline.py and data/registry.py)."""
+  return ml_collections.ConfigDict({
       'name': 'human36m',
       'data_dir': '~/tensorflow_datasets',
       'manual_dir': '',
       'builder_kwargs': ml_collections.ConfigDict(),
       'train_split': 'train',
-      'eval_split': 'test',
+      # A held-out part of the training data (every builder writes 'holdout'):
+      # the plateau schedule's validation loss. Training never opens eval_split.
+      'val_split': 'holdout',
+      'eval_split': 'test',       # opened only by --mode=eval
       'input_size': 224,
-      'crop_scales': (1.0,),  # filled from the hypotheses by finalize()
+      'crop_scales': (1.0,),      # filled from the hypotheses by finalize()
       'augment': False,
       'worker_count': 0,
       'seed': 0,
+      # Dataset builds (--mode=prepare): 0 = sequential in this process; N > 0 =
+      # Apache Beam's DirectRunner with N local worker processes.
+      'beam_num_workers': 0,
+      'beam_options': '',         # e.g. '--runner=FlinkRunner --flink_master=...'
   })
+
+
+def _stage_groups() -> dict[str, ml_collections.ConfigDict]:
+  """One group per stage: the paper's models and optimisers."""
+  return {
+      'skeleton_net': ml_collections.ConfigDict({
+          'model': resnet_model(decoder_width=256),
+          'train': train_group(batch_size=12, num_steps=200_000, learning_rate=1e-5),
+      }),
+      'regressor': ml_collections.ConfigDict({
+          'model': resnet_model(),
+          'input': 'gt',        # 'gt': maps rendered from labels; 'predicted': SkeletonMapNet
+          'input_size': 224,    # maps are resized to this before regression
+          'train': train_group(batch_size=32, num_steps=200_000, learning_rate=1e-2),
+      }),
+      'direct_rgb': ml_collections.ConfigDict({
+          'model': resnet_model(),
+          'train': train_group(batch_size=32, num_steps=200_000, learning_rate=1e-2),
+      }),
+      'ensemble': ml_collections.ConfigDict({
+          'num_runs': 11,       # regressors of the base hypothesis, different seeds
+          'model': resnet_model(),
+          'train': train_group(batch_size=32, num_steps=200_000, learning_rate=1e-2),
+      }),
+      'hourglass': ml_collections.ConfigDict({
+          'model': ml_collections.ConfigDict({
+              'num_stacks': 2, 'num_features': 256, 'depth': 4, 'dtype': 'float32'}),
+          'input_size': 256,
+          'sigma': 1.0,
+          'train': train_group(batch_size=16, num_steps=100_000, learning_rate=2.5e-4,
+                               optimizer='adam', weight_decay=0.0),
+      }),
+      'lifting': ml_collections.ConfigDict({
+          'model': ml_collections.ConfigDict({
+              'hidden': 1024, 'num_blocks': 2, 'dropout_rate': 0.5}),
+          'train': train_group(batch_size=64, num_steps=50_000, learning_rate=1e-3,
+                               optimizer='adam', weight_decay=0.0),
+      }),
+  }
+
+
+def _mode_groups() -> dict[str, ml_collections.ConfigDict]:
+  """Settings of the eval, predict, benchmark modes and of the device layout."""
+  return {
+      'eval': ml_collections.ConfigDict({
+          'batch_size': 32,
+          'detections': 'hourglass',  # 'hourglass', 'ground_truth' or a file path
+          'max_examples': 0,          # 0: the whole split
+          'num_figures': 4,
+      }),
+      'predict': ml_collections.ConfigDict({
+          'images': '',   # comma-separated image paths
+          'boxes': '',    # optional 'x0 y0 x1 y1' per image, ';'-separated
+          'output_dir': '',
+      }),
+      'benchmark': ml_collections.ConfigDict({
+          'batch_sizes': (32,),
+          'dtypes': ('float32',),
+          'remat': (False,),              # e.g. (False, True): memory with/without remat
+          'grad_accum': (1,),             # e.g. (1, 4): micro-batches per step
+          'steps': 10,
+          'stages': 'regressor,skeleton_net',
+      }),
+      'parallel': ml_collections.ConfigDict({
+          'hyp_axis': 1,                  # devices along the 'hyp' mesh axis
+          # How stacked hypotheses run: 'vmap' (batched; grouped convolutions,
+          # shardable over 'hyp'), 'loop' (unrolled; 6.5x faster on CPU) or
+          # 'auto' (loop on CPU, vmap on accelerators).
+          'hyp_map': 'auto',
+          'distributed': 'auto',          # 'auto', 'yes' or 'no'
+          'coordinator_address': '',
+          'num_processes': 0,
+          'process_id': -1,
+          # A process whose heartbeat stops this long counts as dead: the others
+          # then fail with an error naming it (instead of waiting at a collective).
+          'heartbeat_timeout_s': 100,
+      }),
+  }
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults shared by every experiment (the paper's Human3.6M setting)."""
+  c = ml_collections.ConfigDict()
+  c.data = data_group()
   c.hypotheses = ml_collections.ConfigDict({
       'crop_scales': (1.0,),
       'stick_widths': (10.0,),
       'base': 0,  # index of the paper's w/o Mul-Hyp hypothesis (c=1.0, l=10)
   })
   c.stages = 'skeleton_net,regressor'
-
-  c.skeleton_net = ml_collections.ConfigDict({
-      'model': resnet_model(decoder_width=256),
-      'train': train_group(batch_size=12, num_steps=200_000, learning_rate=1e-5),
-  })
-  c.regressor = ml_collections.ConfigDict({
-      'model': resnet_model(),
-      'input': 'gt',        # 'gt': maps rendered from labels; 'predicted': SkeletonMapNet
-      'input_size': 224,    # maps are resized to this before regression
-      'train': train_group(batch_size=32, num_steps=200_000, learning_rate=1e-2),
-  })
-  c.direct_rgb = ml_collections.ConfigDict({
-      'model': resnet_model(),
-      'train': train_group(batch_size=32, num_steps=200_000, learning_rate=1e-2),
-  })
-  c.ensemble = ml_collections.ConfigDict({
-      'num_runs': 11,       # regressors of the base hypothesis, different seeds
-      'model': resnet_model(),
-      'train': train_group(batch_size=32, num_steps=200_000, learning_rate=1e-2),
-  })
-  c.hourglass = ml_collections.ConfigDict({
-      'model': ml_collections.ConfigDict({
-          'num_stacks': 2, 'num_features': 256, 'depth': 4, 'dtype': 'float32'}),
-      'input_size': 256,
-      'sigma': 1.0,
-      'train': train_group(batch_size=16, num_steps=100_000, learning_rate=2.5e-4,
-                           optimizer='adam', weight_decay=0.0),
-  })
-  c.lifting = ml_collections.ConfigDict({
-      'model': ml_collections.ConfigDict({
-          'hidden': 1024, 'num_blocks': 2, 'dropout_rate': 0.5}),
-      'train': train_group(batch_size=64, num_steps=50_000, learning_rate=1e-3,
-                           optimizer='adam', weight_decay=0.0),
-  })
-  c.eval = ml_collections.ConfigDict({
-      'batch_size': 32,
-      'detections': 'hourglass',  # 'hourglass', 'ground_truth' or a file path
-      'max_examples': 0,          # 0: the whole split
-      'num_figures': 4,
-  })
-  c.predict = ml_collections.ConfigDict({
-      'images': '',   # comma-separated image paths
-      'boxes': '',    # optional 'x0 y0 x1 y1' per image, ';'-separated
-      'output_dir': '',
-  })
-  c.benchmark = ml_collections.ConfigDict({
-      'batch_sizes': (32,),
-      'dtypes': ('float32',),
-      'remat': (False,),              # e.g. (False, True): memory with/without remat
-      'grad_accum': (1,),             # e.g. (1, 4): micro-batches per step
-      'steps': 10,
-      'stages': 'regressor,skeleton_net',
-  })
-  c.parallel = ml_collections.ConfigDict({
-      'hyp_axis': 1,                  # devices along the 'hyp' mesh axis
-      # How stacked hypotheses run: 'vmap' (batched; grouped convolutions,
-      # shardable over 'hyp'), 'loop' (unrolled; 6.5x faster on CPU) or
-      # 'auto' (loop on CPU, vmap on accelerators).
-      'hyp_map': 'auto',
-      'distributed': 'auto',          # 'auto', 'yes' or 'no'
-      'coordinator_address': '',
-      'num_processes': 0,
-      'process_id': -1,
-      # A process whose heartbeat stops this long counts as dead: the others
-      # then fail with an error naming it (instead of waiting at a collective).
-      'heartbeat_timeout_s': 100,
-  })
+  for name, group in {**_stage_groups(), **_mode_groups()}.items():
+    c[name] = group
   return c
 
 
@@ -163,7 +191,7 @@ def hypothesis_list(config: ml_collections.ConfigDict) -> list[tuple[float, floa
   if len(widths) == 1 and len(crops) > 1:
     widths = widths * len(crops)
   if len(crops) != len(widths):
-    raise ValueError(
+    raise errors.ConfigError(
         'config.hypotheses.crop_scales and config.hypotheses.stick_widths must '
         f'have equal lengths (or one of length 1), got {crops} and {widths}')
   return list(zip(crops, widths))
@@ -179,7 +207,7 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     The same config.
 
   Raises:
-    ValueError: naming the offending key and what was expected.
+    errors.ConfigError: naming the offending key and what was expected.
   """
   hyps = hypothesis_list(config)
   scales = sorted({c for c, _ in hyps} | {1.0})
@@ -187,6 +215,13 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.data.crop_scales = tuple(scales)
   _check(config.data.name in DATASETS, 'data.name', config.data.name,
          f'one of {DATASETS}')
+  for key in ('train_split', 'val_split'):
+    _check(config.data[key].split('[')[0] != config.data.eval_split.split('[')[0],
+           f'data.{key}', config.data[key],
+           f'a split other than data.eval_split={config.data.eval_split!r} (the test '
+           'split is opened only by --mode=eval)')
+  _check(config.data.beam_num_workers >= 0, 'data.beam_num_workers',
+         config.data.beam_num_workers, '0 (sequential build) or a number of workers')
   _check(config.data.input_size % 32 == 0 and config.data.input_size > 0,
          'data.input_size', config.data.input_size, 'a positive multiple of 32')
   for c, w in hyps:
@@ -236,4 +271,4 @@ def stage_list(config: ml_collections.ConfigDict) -> list[str]:
 
 def _check(ok: bool, key: str, value, expected: str) -> None:
   if not ok:
-    raise ValueError(f'config.{key}={value!r} is invalid: expected {expected}')
+    raise errors.ConfigError(f'config.{key}={value!r} is invalid: expected {expected}')

@@ -20,6 +20,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from deepskeleton_jax import errors
+
 DATA = 'data'
 HYP = 'hyp'
 
@@ -39,7 +41,7 @@ def maybe_initialize_distributed(parallel: ml_collections.ConfigDict) -> None:
   """
   mode = parallel.distributed
   if mode not in ('auto', 'yes', 'no'):
-    raise ValueError(f"config.parallel.distributed={mode!r}: expected 'auto', 'yes' or 'no'")
+    raise errors.ConfigError(f"config.parallel.distributed={mode!r}: expected 'auto', 'yes' or 'no'")
   explicit = bool(parallel.coordinator_address)
   if mode == 'no' or (mode == 'auto' and not explicit and
                       not any(k in os.environ for k in _CLUSTER_ENV)):
@@ -77,9 +79,12 @@ def fail_fast():
   """
   try:
     yield
-  except Exception:  # pylint: disable=broad-except
+  except Exception as e:  # pylint: disable=broad-except
     if not jax.distributed.is_initialized():
       raise
+    if isinstance(e, errors.UserError):  # one line, as in a single process
+      print(f'error: {e}', file=sys.stderr, flush=True)
+      os._exit(2)  # pylint: disable=protected-access
     logging.exception('process %d failed; exiting without waiting for the other '
                       'processes (they stop once its heartbeat times out)',
                       jax.process_index())
@@ -148,7 +153,7 @@ def make_mesh(hyp_axis: int = 1, devices=None) -> Mesh:
   """
   devices = list(jax.devices() if devices is None else devices)
   if hyp_axis < 1 or len(devices) % hyp_axis:
-    raise ValueError(f'config.parallel.hyp_axis={hyp_axis} must divide the '
+    raise errors.ConfigError(f'config.parallel.hyp_axis={hyp_axis} must divide the '
                      f'device count {len(devices)}')
   grid = np.array(devices).reshape(len(devices) // hyp_axis, hyp_axis)
   return Mesh(grid, (DATA, HYP))
@@ -163,23 +168,60 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA))
 
 
-def stacked_sharding(mesh: Mesh, tree: Any, num_hyps: int) -> Any:
-  """Shardings for a stacked parameter tree: leading axis over `hyp` if it divides."""
-  hyp_size = mesh.shape[HYP]
-  spec = P(HYP) if hyp_size > 1 and num_hyps % hyp_size == 0 else P()
+def _names(path) -> tuple[str, ...]:
+  """A key path as plain names (dict keys, attributes, sequence indices)."""
+  out = []
+  for k in path:
+    for attr in ('key', 'name', 'idx'):
+      if hasattr(k, attr):
+        out.append(str(getattr(k, attr)))
+        break
+  return tuple(out)
 
-  def leaf_sharding(x):
-    if getattr(x, 'ndim', 0) >= 1 and x.shape[0] == num_hyps:
-      return NamedSharding(mesh, spec)
-    return NamedSharding(mesh, P())
-  return jax.tree_util.tree_map(leaf_sharding, tree)
+
+def state_sharding(mesh: Mesh, state: Any) -> Any:
+  """Shardings of a `TrainState`, chosen by tree path, not by shape.
+
+  The stacked variables (`params`, `batch_stats`) and the optimizer state's
+  leaves that mirror a parameter (momentum, Adam moments: same path suffix and
+  shape) carry the hypothesis axis and are split over `hyp` when its size
+  divides the number of hypotheses; everything else (the step, the rng key,
+  the pose normalisation, optimizer counters, plateau scalars) is replicated,
+  whatever its shape.
+
+  Args:
+    mesh: the (data, hyp) mesh.
+    state: a TrainState (arrays or `jax.ShapeDtypeStruct`s).
+
+  Returns:
+    A pytree of `NamedSharding`s with the structure of `state`.
+  """
+  leaves = jax.tree_util.tree_leaves(state.params)
+  num_hyps = leaves[0].shape[0] if leaves else 1
+  hyp_size = mesh.shape[HYP]
+  stacked = NamedSharding(mesh, P(HYP) if hyp_size > 1 and num_hyps % hyp_size == 0 else P())
+  replicated_ = NamedSharding(mesh, P())
+  params = {_names(p): x.shape for p, x in
+            jax.tree_util.tree_flatten_with_path(state.params)[0]}
+
+  def mirrors_param(names, shape):
+    return any(params.get(names[i:]) == shape for i in range(len(names)))
+
+  def leaf_sharding(path, x):
+    names = _names(path)
+    if names[0] in ('params', 'batch_stats'):
+      return stacked
+    if names[0] == 'opt_state' and mirrors_param(names[1:], tuple(x.shape)):
+      return stacked
+    return replicated_
+  return jax.tree_util.tree_map_with_path(leaf_sharding, state)
 
 
 def local_batch_size(global_batch_size: int, mesh: Mesh) -> int:
   """This process's share of a global batch; checks divisibility by `data`."""
   data_size = mesh.shape[DATA]
   if global_batch_size % data_size:
-    raise ValueError(f'batch size {global_batch_size} must be divisible by the '
+    raise errors.ConfigError(f'batch size {global_batch_size} must be divisible by the '
                      f'{data_size} devices of the mesh data axis')
   return global_batch_size // jax.process_count()
 

@@ -1,11 +1,8 @@
-"""Training of one stage: one jitted, state-donating step under a global mesh.
+"""The training loop of one stage (the step itself is in `train_step.py`).
 
-Every stage trains the same way: stacked hypotheses (leading axis H of every
-parameter) are applied with `jax.vmap` and their losses summed, so each
-hypothesis gets exactly the gradient it would get alone; SGD with momentum and
-weight decay (the paper's) or Adam; step, plateau or cosine decay; gradient
-accumulation; non-finite updates are never applied (policy: stop or skip).
-Orbax checkpoints every N steps, at the end and on SIGTERM; rerunning the same
+Non-finite updates are never applied (policy: stop or skip); the plateau
+schedule decays the rate when the loss on a fixed subset of the validation
+split (`data.val_split`, never the test split) stops improving. Orbax checkpoints every N steps, at the end and on SIGTERM; rerunning the same
 command resumes from the latest step with the input pipeline where it was.
 """
 
@@ -17,199 +14,18 @@ import time
 from typing import Any
 
 from absl import logging
-import flax
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
+from deepskeleton_jax import errors
+from deepskeleton_jax.data import registry
 from deepskeleton_jax.training import checkpointing
 from deepskeleton_jax.data import input_pipeline
 from deepskeleton_jax.training import metric_writer
 from deepskeleton_jax.training import parallel
 from deepskeleton_jax.training import stages as stages_lib
-from deepskeleton_jax.models import hypotheses
-
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything a stage's training needs to resume, as one pytree."""
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  opt_state: Any
-  norm: dict[str, jax.Array]      # pose normalisation {'mean': [16,3], 'std': []}
-  rng: jax.Array                  # raw uint32 PRNG key
-  lr_scale: jax.Array             # plateau decay multiplier
-  best_val: jax.Array             # plateau: best validation loss so far
-  bad_evals: jax.Array            # plateau: evaluations without improvement
-  nonfinite_steps: jax.Array      # updates skipped because non-finite
-  first_nonfinite: jax.Array      # step of the first non-finite update, or -1
-
-
-# ----------------------------------------------------------------------------
-# Optimiser and learning rate.
-
-
-def learning_rate_fn(train_cfg: ml_collections.ConfigDict) -> optax.Schedule:
-  """The base schedule (the plateau multiplier is applied on top)."""
-  lr = train_cfg.learning_rate
-  if train_cfg.schedule == 'step':
-    base = optax.piecewise_constant_schedule(
-        lr, {int(s): train_cfg.decay_factor for s in train_cfg.decay_steps})
-  elif train_cfg.schedule == 'cosine':
-    base = optax.cosine_decay_schedule(lr, max(1, train_cfg.num_steps - train_cfg.warmup_steps))
-  else:  # 'constant' and 'plateau'
-    base = optax.constant_schedule(lr)
-  if train_cfg.warmup_steps:
-    warm = optax.linear_schedule(0.0, lr, train_cfg.warmup_steps)
-    return optax.join_schedules([warm, base], [train_cfg.warmup_steps])
-  return base
-
-
-def make_optimizer(train_cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Direction of the update before scaling by -learning_rate.
-
-  Weight decay applies to kernels only (leaves with more than 2 dimensions:
-  every leaf carries the hypothesis axis).
-  """
-  parts = []
-  if train_cfg.weight_decay:
-    mask = lambda p: jax.tree_util.tree_map(lambda x: x.ndim > 2, p)
-    parts.append(optax.add_decayed_weights(train_cfg.weight_decay, mask=mask))
-  if train_cfg.optimizer == 'sgd':
-    parts.append(optax.trace(decay=train_cfg.momentum))
-  else:
-    parts.append(optax.scale_by_adam())
-  return optax.chain(*parts)
-
-
-# ----------------------------------------------------------------------------
-# State and steps.
-
-
-def init_variables(stage: stages_lib.Stage, rng: jax.Array) -> Any:
-  """Stacked variables [H, ...] of a stage."""
-  return hypotheses.init_stacked(stage.model, rng, stage.num_hyps,
-                                 jnp.asarray(stage.dummy_input), train=False)
-
-
-def create_state(variables: Any, tx: optax.GradientTransformation,
-                 norm: dict[str, Any], rng: jax.Array) -> TrainState:
-  params = variables['params']
-  return TrainState(
-      step=jnp.zeros((), jnp.int32), params=params,
-      batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params),
-      norm={k: jnp.asarray(v, jnp.float32) for k, v in norm.items()}, rng=rng,
-      lr_scale=jnp.ones((), jnp.float32), best_val=jnp.full((), jnp.inf, jnp.float32),
-      bad_evals=jnp.zeros((), jnp.int32), nonfinite_steps=jnp.zeros((), jnp.int32),
-      first_nonfinite=jnp.full((), -1, jnp.int32))
-
-
-def _per_hyp_losses(stage, params, batch_stats, batch, aux, norm, rng, train):
-  """Loss of each hypothesis [H], new batch stats and metrics."""
-  inputs, targets = stage.make_inputs(batch, aux, norm)
-
-  def one(p, bs, x, t, r):
-    variables = {'params': p, 'batch_stats': bs}
-    if train:
-      out, updates = stage.model.apply(variables, x, train=True,
-                                       mutable=['batch_stats'], rngs={'dropout': r})
-      bs = updates.get('batch_stats', bs)
-    else:
-      out = stage.model.apply(variables, x, train=False)
-    loss, metrics = stage.loss(out, t, batch)
-    return loss, (bs, metrics)
-
-  rngs = jax.random.split(rng, stage.num_hyps)
-  return hypotheses.map_hypotheses(one, params, batch_stats, inputs, targets, rngs,
-                                   method=stage.hyp_map)
-
-
-def _split_micro(batch: dict[str, jax.Array], k: int) -> dict[str, jax.Array]:
-  """[B, ...] -> [k, B/k, ...], micro-batch j taking rows j, j+k, ... (local to devices)."""
-  def split(x):
-    return x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1)
-  return jax.tree_util.tree_map(split, batch)
-
-
-def make_train_step(stage: stages_lib.Stage, train_cfg: ml_collections.ConfigDict):
-  """Returns `step(state, batch, aux) -> (state, metrics)` (to be jitted)."""
-  tx = make_optimizer(train_cfg)
-  lr_fn = learning_rate_fn(train_cfg)
-  accum = int(train_cfg.grad_accum)
-
-  def loss_fn(params, batch_stats, batch, aux, norm, rng):
-    losses, (new_bs, _) = _per_hyp_losses(stage, params, batch_stats, batch, aux,
-                                          norm, rng, train=True)
-    return losses.sum(), (losses, new_bs)
-
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
-  def step(state: TrainState, batch: dict[str, jax.Array], aux: Any):
-    rng, step_rng = jax.random.split(state.rng)
-    if accum == 1:
-      (_, (losses, new_bs)), grads = grad_fn(state.params, state.batch_stats, batch,
-                                             aux, state.norm, step_rng)
-    else:
-      micro = _split_micro(batch, accum)
-
-      def body(carry, xs):
-        grads_acc, losses_acc, bs = carry
-        mb, r = xs
-        (_, (l, bs)), g = grad_fn(state.params, bs, mb, aux, state.norm, r)
-        grads_acc = jax.tree_util.tree_map(jnp.add, grads_acc, g)
-        return (grads_acc, losses_acc + l, bs), None
-
-      zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
-      init = (zeros, jnp.zeros((stage.num_hyps,), jnp.float32), state.batch_stats)
-      (grads, losses, new_bs), _ = jax.lax.scan(
-          body, init, (micro, jax.random.split(step_rng, accum)))
-      grads = jax.tree_util.tree_map(lambda g: g / accum, grads)
-      losses = losses / accum
-
-    lr = lr_fn(state.step) * state.lr_scale
-    updates, new_opt = tx.update(grads, state.opt_state, state.params)
-    new_params = jax.tree_util.tree_map(lambda p, u: p - lr * u, state.params, updates)
-    finite = jnp.all(jnp.isfinite(losses)) & jnp.all(jnp.array(
-        [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
-    keep = lambda new, old: jax.tree_util.tree_map(
-        lambda a, b: jnp.where(finite, a, b), new, old)
-    new_state = state.replace(
-        step=state.step + 1,
-        params=keep(new_params, state.params),
-        batch_stats=keep(new_bs, state.batch_stats),
-        opt_state=keep(new_opt, state.opt_state),
-        rng=rng,
-        nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
-        first_nonfinite=jnp.where((~finite) & (state.first_nonfinite < 0),
-                                  state.step, state.first_nonfinite))
-    metrics = {'loss': losses.mean(), 'learning_rate': lr}
-    if stage.num_hyps > 1:
-      metrics.update({f'loss_h{i}': losses[i] for i in range(stage.num_hyps)})
-    return new_state, metrics
-
-  return step
-
-
-def jit_train_step(stage: stages_lib.Stage, train_cfg: ml_collections.ConfigDict,
-                   mesh, state_sharding: Any):
-  """The train step jitted over `mesh`: batch on `data`, state donated."""
-  return jax.jit(make_train_step(stage, train_cfg),
-                 in_shardings=(state_sharding, parallel.batch_sharding(mesh),
-                               parallel.replicated(mesh)),
-                 out_shardings=(state_sharding, parallel.replicated(mesh)),
-                 donate_argnums=(0,))
-
-
-def make_eval_loss(stage: stages_lib.Stage):
-  """Returns `fn(state, batch, aux) -> mean loss over hypotheses` in eval mode."""
-  def fn(state: TrainState, batch, aux):
-    losses, _ = _per_hyp_losses(stage, state.params, state.batch_stats, batch, aux,
-                                state.norm, state.rng, train=False)
-    return losses.mean()
-  return fn
+from deepskeleton_jax.training import train_step
 
 
 # ----------------------------------------------------------------------------
@@ -219,11 +35,13 @@ def make_eval_loss(stage: stages_lib.Stage):
 def pose_norm(config: ml_collections.ConfigDict, max_examples: int = 4096) -> dict[str, np.ndarray]:
   """Mean root-relative pose [16, 3] and a scalar std (mm) of the train split.
 
-  Every process reads the same first examples, so all agree.
+  Over a fixed random subset of `max_examples` training examples (the split's
+  first examples would be one subject's first actions), the same on every
+  process, so all agree. The mean is also the evaluation's 'Mean pose' row.
   """
   it = input_pipeline.make_iterator(
-      config.data, config.data.train_split, 256, shuffle=False, num_epochs=1,
-      seed=0, process_index=0, process_count=1, drop_remainder=False)
+      config.data, config.data.train_split, 256, shuffle=True, num_epochs=1,
+      seed=0, process_index=0, process_count=1, drop_remainder=False, augment=False)
   poses = []
   count = 0
   for batch in it:
@@ -328,62 +146,102 @@ def _train_stage(config, workdir, stage_name, preempt):
   """`train_stage` with the SIGTERM flag already installed."""
   stage = stages_lib.build(config, stage_name)
   tcfg = config[stage_name].train
+  if stage_name == 'skeleton_net':
+    check_depth(config)
   mesh = parallel.make_mesh(config.parallel.hyp_axis)
   parallel.local_batch_size(tcfg.batch_size, mesh)
-  stage_dir = f'{workdir}/{stage_name}'
   aux = None
   if stage.needs:
     aux = checkpointing.load_variables(workdir, stage.needs)['variables']
     aux = jax.device_put(aux, parallel.replicated(mesh))
-
   iterator = input_pipeline.make_iterator(
       config.data, config.data.train_split, tcfg.batch_size, shuffle=True,
       num_epochs=None, seed=tcfg.seed, process_index=jax.process_index(),
       process_count=jax.process_count(), drop_remainder=True)
-
-  rng = jax.random.PRNGKey(tcfg.seed)
-  init_rng, state_rng = jax.random.split(rng)
-  abstract_vars = jax.eval_shape(lambda r: init_variables(stage, r), init_rng)
-  tx = make_optimizer(tcfg)
-  norm_shape = {'mean': np.zeros((16, 3), np.float32), 'std': np.ones((), np.float32)}
-  abstract_state = jax.eval_shape(lambda v, r: create_state(v, tx, norm_shape, r),
-                                  abstract_vars, state_rng)
-  state_sharding = parallel.stacked_sharding(mesh, abstract_state, stage.num_hyps)
-
   mngr = checkpointing.manager(workdir, stage_name, tcfg.keep_checkpoints)
+  state, state_sharding = _initial_state(config, stage, mesh, mngr, iterator)
+  writer = metric_writer.MetricWriter(f'{workdir}/{stage_name}')
+  try:
+    return _loop(config, stage, state, state_sharding, aux, mesh, iterator, mngr, writer,
+                 preempt)
+  finally:
+    writer.close()
+    mngr.close()
+
+
+def check_depth(config: ml_collections.ConfigDict, sample: int = 512) -> None:
+  """Fails unless the training examples have depth (the maps' occlusion order).
+
+  The SkeletonMapNet's targets draw the nearer bone in the foreground map and
+  the farther in the background map; without 3D joints every depth is 0 and
+  fg equals bg, so the network would silently learn no occlusion.
+
+  Args:
+    config: the experiment config.
+    sample: how many training examples (a fixed random sample) to look at.
+
+  Raises:
+    errors.ConfigError: some sampled examples have no 3D joints.
+  """
+  source = registry.data_source(config.data, config.data.train_split, decode_image=False)
+  n = len(source)
+  idx = np.random.default_rng(0).permutation(n)[:sample]
+  missing = sum(not bool(source[int(i)]['has_3d']) for i in idx)
+  if missing:
+    raise errors.ConfigError(
+        f'data.name={config.data.name!r}: {missing} of {len(idx)} sampled training '
+        'examples have no 3D joints (has_3d false), so their skeleton-map targets '
+        'would have no occlusion order (fg = bg). Give the dataset depth: for MPII, '
+        'lift pseudo-3D labels (--mode=pseudo3d) and rebuild with '
+        '--config.data.builder_kwargs.pseudo_3d_file=PATH')
+
+
+def _initial_state(config, stage, mesh, mngr, iterator):
+  """The latest checkpoint (with the iterator's position), or a fresh state."""
+  tcfg = config[stage.name].train
+  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(tcfg.seed))
+  tx = train_step.make_optimizer(tcfg)
+  norm_shape = {'mean': np.zeros((16, 3), np.float32), 'std': np.ones((), np.float32)}
+  abstract_vars = jax.eval_shape(lambda r: train_step.init_variables(stage, r), init_rng)
+  abstract_state = jax.eval_shape(lambda v, r: train_step.create_state(v, tx, norm_shape, r),
+                                  abstract_vars, state_rng)
+  state_sharding = parallel.state_sharding(mesh, abstract_state)
   latest = mngr.latest_step()
   if latest is not None:
     target = jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         abstract_state, state_sharding)
     state = checkpointing.restore(mngr, latest, target, iterator)
-    logging.info('%s: resumed from step %d (%s)', stage_name, latest, mngr.directory)
-  else:
-    norm = pose_norm(config) if stage.pose_norm else norm_shape
-    variables = jax.jit(lambda r: init_variables(stage, r))(init_rng)
-    model_cfg = config[stage_name].model
-    if model_cfg.get('pretrained'):
-      variables = load_pretrained(model_cfg, variables, stage.dummy_input.shape[-1])
-    state = jax.jit(lambda v, r: create_state(v, tx, norm, r),
-                    out_shardings=state_sharding)(variables, state_rng)
+    logging.info('%s: resumed from step %d (%s)', stage.name, latest, mngr.directory)
+    return state, state_sharding
+  norm = pose_norm(config) if stage.pose_norm else norm_shape
+  variables = jax.jit(lambda r: train_step.init_variables(stage, r))(init_rng)
+  model_cfg = config[stage.name].model
+  if model_cfg.get('pretrained'):
+    variables = load_pretrained(model_cfg, variables, stage.dummy_input.shape[-1])
+  state = jax.jit(lambda v, r: train_step.create_state(v, tx, norm, r),
+                  out_shardings=state_sharding)(variables, state_rng)
+  return state, state_sharding
 
-  step_fn = jit_train_step(stage, tcfg, mesh, state_sharding)
-  writer = metric_writer.MetricWriter(stage_dir)
-  start = int(state.step)
-  num_steps = int(tcfg.num_steps)
+
+def _loop(config, stage, state, state_sharding, aux, mesh, iterator, mngr, writer, preempt):
+  """Steps from the state's step to `num_steps`; returns the last logged metrics."""
+  tcfg = config[stage.name].train
+  start, num_steps = int(state.step), int(tcfg.num_steps)
   last: dict[str, float] = {}
   if start >= num_steps:
-    logging.info('%s: already trained to step %d', stage_name, start)
+    logging.info('%s: already trained to step %d', stage.name, start)
     return last
   logging.info('%s: training %d hypotheses from step %d to %d, global batch %d on %d devices',
-               stage_name, stage.num_hyps, start, num_steps, tcfg.batch_size,
+               stage.name, stage.num_hyps, start, num_steps, tcfg.batch_size,
                jax.device_count())
-  eval_loss = None
+  step_fn = train_step.jit_train_step(stage, tcfg, mesh, state_sharding)
+  plateau = _Plateau(config, stage, mesh, writer) if tcfg.schedule == 'plateau' else None
   t0, s0 = time.time(), start
   for step in range(start, num_steps):
     batch = parallel.global_batch(next(iterator), mesh)
     if step == start:
-      step_fn = parallel.compile_together(step_fn, f'{stage_name} train step', state, batch, aux)
+      step_fn = parallel.compile_together(step_fn, f'{stage.name} train step', state, batch, aux)
     state, metrics = step_fn(state, batch, aux)
     done = step + 1
     if step == start:  # Rates and ETA exclude compilation.
@@ -391,12 +249,9 @@ def _train_stage(config, workdir, stage_name, preempt):
       t0, s0 = time.time(), done
     logged = done % tcfg.log_every == 0 or done == num_steps
     if logged:
-      last = _log(stage_name, state, metrics, tcfg, done, num_steps, t0, s0, writer)
-    if tcfg.schedule == 'plateau' and done % tcfg.plateau_every == 0:
-      if eval_loss is None:  # Eval batches have the train batches' shapes.
-        eval_loss = parallel.compile_together(jax.jit(make_eval_loss(stage)),
-                                              f'{stage_name} eval loss', state, batch, aux)
-      state = _plateau(config, stage, state, eval_loss, aux, mesh, tcfg, writer, done)
+      last = _log(stage.name, state, metrics, tcfg, done, num_steps, t0, s0, writer)
+    if plateau is not None and done % tcfg.plateau_every == 0:
+      state = plateau(state, batch, aux, done)
     saved = done % tcfg.checkpoint_every == 0 or done == num_steps
     if saved:
       _check_finite(state, tcfg)
@@ -405,12 +260,8 @@ def _train_stage(config, workdir, stage_name, preempt):
       if not saved:  # Orbax refuses to save a step twice.
         _check_finite(state, tcfg)
         checkpointing.save(mngr, done, state, iterator)
-      writer.close()
-      mngr.close()
-      raise Preempted(f'{stage_name}: stopped at step {done} after SIGTERM with a '
+      raise Preempted(f'{stage.name}: stopped at step {done} after SIGTERM with a '
                       'checkpoint saved; rerun the same command to resume')
-  writer.close()
-  mngr.close()
   return last
 
 
@@ -432,7 +283,7 @@ def _log(stage_name, state, metrics, tcfg, done, num_steps, t0, s0, writer):
   return {k: float(v) for k, v in scalars.items()}
 
 
-def _check_finite(state: TrainState, tcfg) -> None:
+def _check_finite(state: train_step.TrainState, tcfg) -> None:
   bad = int(state.nonfinite_steps)
   if bad and tcfg.nonfinite == 'stop':
     raise FloatingPointError(
@@ -444,31 +295,56 @@ def _check_finite(state: TrainState, tcfg) -> None:
                     int(state.first_nonfinite) + 1)
 
 
-def _plateau(config, stage, state, eval_loss, aux, mesh, tcfg, writer, done):
-  """Validation loss on a few eval batches; decays the rate after `patience` misses."""
-  it = input_pipeline.make_iterator(
-      config.data, config.data.eval_split, tcfg.batch_size, shuffle=False,
-      num_epochs=1, seed=0, process_index=jax.process_index(),
-      process_count=jax.process_count(), drop_remainder=True)
-  losses = []
-  for i, batch in enumerate(it):
-    if i == 4:
-      break
-    losses.append(float(eval_loss(state, parallel.global_batch(batch, mesh), aux)))
-  if not losses:
-    return state
-  val = float(np.mean(losses))
-  best, bad, scale = float(state.best_val), int(state.bad_evals), float(state.lr_scale)
-  if val < best - 1e-6:
-    best, bad = val, 0
-  else:
-    bad += 1
-    if bad >= tcfg.plateau_patience:
-      scale *= tcfg.decay_factor
-      bad = 0
-      logging.info('validation loss plateaued at %.4f: learning rate x%g', val, scale)
-  writer.write(done, {'val_loss': val, 'lr_scale': scale})
-  rep = parallel.replicated(mesh)
-  return state.replace(best_val=jax.device_put(np.float32(best), rep),
-                       bad_evals=jax.device_put(np.int32(bad), rep),
-                       lr_scale=jax.device_put(np.float32(scale), rep))
+class _Plateau:
+  """Decays the rate when the validation loss stops improving (the paper's schedule).
+
+  The loss is taken on a fixed random subset of `data.val_split` (a held-out
+  part of the training data; never the test split) of
+  `train.plateau_examples` examples, the same subset at every evaluation,
+  in eval mode; after `train.plateau_patience` evaluations without a new best,
+  the rate is multiplied by `train.decay_factor`.
+  """
+
+  def __init__(self, config, stage, mesh, writer):
+    self._config, self._stage, self._mesh, self._writer = config, stage, mesh, writer
+    self._tcfg = config[stage.name].train
+    self._loss = None
+    if not config.data.val_split:
+      raise errors.ConfigError(
+          f"{stage.name}.train.schedule='plateau' needs a validation split: set "
+          'data.val_split (a held-out part of the training data)')
+
+  def _batches(self):
+    tcfg = self._tcfg
+    it = input_pipeline.make_iterator(
+        self._config.data, self._config.data.val_split, tcfg.batch_size, shuffle=True,
+        num_epochs=1, seed=0, process_index=jax.process_index(),
+        process_count=jax.process_count(), drop_remainder=True, augment=False)
+    for i, batch in enumerate(it):
+      if i * tcfg.batch_size >= tcfg.plateau_examples:
+        return
+      yield parallel.global_batch(batch, self._mesh)
+
+  def __call__(self, state, train_batch, aux, done):
+    if self._loss is None:  # Validation batches have the train batches' shapes.
+      self._loss = parallel.compile_together(
+          jax.jit(train_step.make_eval_loss(self._stage)), f'{self._stage.name} eval loss',
+          state, train_batch, aux)
+    losses = [float(self._loss(state, batch, aux)) for batch in self._batches()]
+    if not losses:
+      return state
+    val = float(np.mean(losses))
+    best, bad, scale = float(state.best_val), int(state.bad_evals), float(state.lr_scale)
+    if val < best - 1e-6:
+      best, bad = val, 0
+    else:
+      bad += 1
+      if bad >= self._tcfg.plateau_patience:
+        scale *= self._tcfg.decay_factor
+        bad = 0
+        logging.info('validation loss plateaued at %.4f: learning rate x%g', val, scale)
+    self._writer.write(done, {'val_loss': val, 'lr_scale': scale})
+    rep = parallel.replicated(self._mesh)
+    return state.replace(best_val=jax.device_put(np.float32(best), rep),
+                         bad_evals=jax.device_put(np.int32(bad), rep),
+                         lr_scale=jax.device_put(np.float32(scale), rep))
