@@ -71,6 +71,9 @@ def _numpy_orthographic(hyp, x, w):
   b = np.concatenate([x[:, 0], x[:, 1]])
   sw = np.sqrt(np.concatenate([w, w]))
   s, ox, oy = np.linalg.lstsq(a * sw[:, None], b * sw, rcond=None)[0]
+  if s < 0:  # The constraint s >= 0 is active: s = 0, offsets the weighted means.
+    s = 0.0
+    ox, oy = np.sum(w[:, None] * x, axis=0) / np.sum(w)
   proj = s * hyp[:, :2] + [ox, oy]
   return np.sum(w * np.sum((proj - x)**2, axis=-1)) / np.sum(w)
 
@@ -115,6 +118,24 @@ def test_matches_numpy_loop(perspective):
   np.testing.assert_allclose(err, expected, rtol=2e-3)
   index, _ = matching.select(hyps, joints_2d, weights, intr)
   np.testing.assert_array_equal(index, np.argmin(expected, axis=-1))
+
+
+def test_orthographic_scale_is_never_negative():
+  # The image of a pose turned 180 degrees in the image plane: x = -s X + o.
+  # A negative scale would fit the turned hypothesis exactly; a camera cannot.
+  rng = np.random.default_rng(11)
+  pose = rng.normal(0, 300, (K, 3))
+  joints_2d = (-0.05 * pose[:, :2] + 100.0).astype(np.float32)
+  turned = pose * [-1.0, -1.0, 1.0]
+  hyps = np.stack([pose, turned]).astype(np.float32)
+  err = np.asarray(matching.reprojection_error(hyps, joints_2d, None))
+  assert err[1] < 1e-3 * err[0]       # the turned pose is the true one...
+  scale, _ = camera.fit_scaled_orthographic(pose, joints_2d)
+  assert float(scale) == 0.0          # ...and the other cannot be mirrored onto it
+  spread = np.mean(np.sum((joints_2d - joints_2d.mean(0))**2, axis=-1))
+  np.testing.assert_allclose(err[0], spread, rtol=1e-4)
+  index, _ = matching.select(hyps, joints_2d, None)
+  assert int(index) == 1
 
 
 def test_vmap_and_broadcast_intrinsics():
