@@ -139,8 +139,23 @@ def _mode_groups() -> dict[str, ml_collections.ConfigDict]:
       }),
       'predict': ml_collections.ConfigDict({
           'images': '',   # comma-separated image paths
-          'boxes': '',    # optional 'x0 y0 x1 y1' per image, ';'-separated
+          'boxes': '',    # optional 'x0 y0 x1 y1' per image (or the video's first frame), ';'-separated
           'output_dir': '',
+          # Video (a file OpenCV reads, or a folder of frames); see predict_video.py.
+          'video': '',
+          'boxes_file': '',       # per frame 'x0 y0 x1 y1' (CSV or JSON), one row per frame
+          'box_margin': 1.25,     # tracking: next box = 2D joints' box x this
+          'min_confidence': 0.2,  # mean detection confidence below this: no person
+          'batch_size': 8,        # frames per jitted call
+          'smoothing': 'one_euro',  # 'one_euro', 'savgol' or 'none'
+          'one_euro_min_cutoff': 1.0,
+          'one_euro_beta': 0.05,
+          'savgol_window': 9,
+          'savgol_order': 2,
+      }),
+      'export': ml_collections.ConfigDict({
+          'platforms': ('cpu', 'cuda'),  # lowered for each; one artifact
+          'output_dir': '',              # default WORKDIR/export
       }),
       'benchmark': ml_collections.ConfigDict({
           'batch_sizes': (32,),
