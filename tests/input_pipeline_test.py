@@ -223,3 +223,42 @@ def test_bad_arguments(data_dir):
   with pytest.raises(registry.DatasetNotBuiltError, match='--mode=prepare'):
     input_pipeline.make_iterator(_data_config(data_dir / 'nothing'), 'test', 4,
                                  process_index=0, process_count=1)
+
+
+def test_epoch_plan_is_thread_safe_across_epoch_boundaries():
+  # grain's prefetch threads read the plan concurrently, each position of
+  # its own epoch; a plan caching "the" current permutation in shared state
+  # would hand some threads another epoch's order.
+  import sys  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  n, epochs, threads = 37, 12, 16
+  plan = input_pipeline._EpochPlan(n, 0, 1, shuffle=True, seed=5, num_epochs=None,
+                                   length=n * epochs)
+  before = {k: v for k, v in vars(plan).items() if not k.startswith('__')}
+  results = [None] * (n * epochs)
+  order = np.random.default_rng(0).permutation(n * epochs)   # scattered over epochs
+  chunks = np.array_split(order, threads)
+  interval = sys.getswitchinterval()
+  sys.setswitchinterval(1e-6)
+  try:
+    def read(ks):
+      for k in ks:
+        results[k] = plan[int(k)]
+    workers = [threading.Thread(target=read, args=(c,)) for c in chunks]
+    for w in workers:
+      w.start()
+    for w in workers:
+      w.join()
+  finally:
+    sys.setswitchinterval(interval)
+  for e in range(epochs):
+    got = [results[e * n + p] for p in range(n)]
+    assert all(g[0] == e for g in got)
+    indices = [g[1] for g in got]
+    assert sorted(indices) == list(range(n)), f'epoch {e}: not every example once'
+    expected = np.random.default_rng([5, e]).permutation(n)   # a pure function of (seed, epoch)
+    np.testing.assert_array_equal(indices, expected)
+  # Reading keeps no per-epoch state in the plan (which threads would share).
+  after = {k: v for k, v in vars(plan).items() if not k.startswith('__')}
+  assert after.keys() == before.keys()
+  assert all(after[k] is before[k] or np.array_equal(after[k], before[k]) for k in before)

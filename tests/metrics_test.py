@@ -168,6 +168,41 @@ def test_pckh_reproduces_published_mpii_numbers(shared_data):
   assert 80.0 < groups['Mean'] < 97.0
 
 
+@pytest.mark.parametrize('stacks,mean,mean_joints', [(2, 87.30, 86.76), (8, 89.09, 88.64)])
+def test_pckh_both_means_match_bearpaws_published_totals(shared_data, stacks, mean,
+                                                           mean_joints):
+  # bearpaw/pytorch-pose: its evaluation's total pools all visible joints but
+  # pelvis and thorax (hg_s2 87.30, hg_s8 89.09); its README table's "Mean" is
+  # the unweighted mean of those 14 joints (86.76, 88.64).
+  folder = shared_data / 'mpii_eval'
+  gt = metrics.load_mpii_eval_gt(folder / 'gt_valid_tompson_format.mat')
+  preds = scipy.io.loadmat(folder / f'bearpaw-hg_s{stacks}_b1.mat')['preds']
+  out = metrics.pckh(preds, gt['joints'], gt['head_size'], gt['visible'])
+  assert abs(out['mean'] - mean) < 0.005
+  assert abs(out['mean_joints'] - mean_joints) < 0.005
+  assert out['persons'] == 2958
+
+
+def test_pckh_leaves_out_persons_without_a_head_size():
+  rng = np.random.default_rng(15)
+  gt = rng.uniform(0, 300, (6, 16, 2))
+  pred = gt + rng.normal(0, 3, gt.shape)
+  head = np.full(6, 30.0)
+  vis = np.ones((6, 16), bool)
+  full = metrics.pckh(pred[:4], gt[:4], head[:4], vis[:4])
+  head[4:] = [0.0, np.nan]                       # unknown: not misses
+  pred[4:] += 1000.0
+  out = metrics.pckh(pred, gt, head, vis)
+  np.testing.assert_allclose(out['per_joint'], full['per_joint'])
+  assert out['persons'] == 4 and out['mean'] == full['mean']
+  # Sums over batches give the same result as one call.
+  parts = [metrics.pckh_counts(pred[i:i + 3], gt[i:i + 3], head[i:i + 3], vis[i:i + 3])
+           for i in (0, 3)]
+  summed = metrics.pckh_from_counts(parts[0][0] + parts[1][0], parts[0][1] + parts[1][1],
+                                    parts[0][2] + parts[1][2])
+  np.testing.assert_allclose(summed['per_joint'], out['per_joint'])
+
+
 def test_load_mpii_eval_gt_errors(tmp_path):
   with pytest.raises(ValueError, match='no such'):
     metrics.load_mpii_eval_gt(tmp_path / 'missing.mat')

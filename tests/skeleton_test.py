@@ -1,4 +1,4 @@
-"""The skeleton's contract (DESIGN.md): joints, bones, colours, flips, index maps."""
+"""The skeleton's contract (docs/DESIGN.md): joints, bones, colours, flips, index maps."""
 
 import numpy as np
 

@@ -16,7 +16,7 @@ Conventions (VideoPose3D's, checked against its `common/camera.py`):
   X_cam = R_q^T (X_world - C): the world-to-camera rotation is the transpose of
   the quaternion's matrix and the translation is -R C.
 - The world frame is the motion-capture frame (millimetres, z up); the camera
-  frame is x right, y down, z forward, as DESIGN.md requires.
+  frame is x right, y down, z forward, as docs/DESIGN.md requires.
 
 Subjects S2-S4 have no poses in the public release and are not listed.
 """

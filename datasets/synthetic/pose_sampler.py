@@ -11,7 +11,7 @@ principal point are chosen so that the person's box fills a square crop.
 
 Body frame: x = the person's left, y = up, z = the direction the person faces
 (right-handed), millimetres, origin at the pelvis. Camera frame as in
-DESIGN.md: x right, y down, z forward.
+docs/DESIGN.md: x right, y down, z forward.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The example format shared by every TFDS builder, and how to make one example.
 
 Every dataset (synthetic, human36m, mpii, bvh_mocap) stores the same fields
-(DESIGN.md, Datasets): a square person crop around the person box enlarged by
+(docs/DESIGN.md, Datasets): a square person crop around the person box enlarged by
 `crop_scale` (default 1.5, the largest crop scale the paper uses), the
 crop->original affine, and the annotations in crop pixels. The input pipeline
 later takes the central `c / crop_scale` part for a hypothesis' crop scale c.

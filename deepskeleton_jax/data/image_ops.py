@@ -1,6 +1,6 @@
 """Host-side image operations shared by dataset builders, input pipeline and predict.
 
-Affines follow the continuous pixel convention of DESIGN.md (pixel (i, j)
+Affines follow the continuous pixel convention of docs/DESIGN.md (pixel (i, j)
 covers [j, j+1) x [i, i+1), centre (j + 0.5, i + 0.5)); OpenCV places pixel
 centres at integers, so `warp_affine` converts between the two.
 """

@@ -15,7 +15,7 @@ both are in the .mat's 1-based MATLAB frame), `bearpaw-hg_s8_b1.mat` scores
 the published Head 96.79, Sho. 95.19, Elb. 90.08, Wri. 85.32, Hip 87.48,
 Knee 84.26, Ank. 80.73 (and Mean 89.09); shifting the predictions by one pixel
 moves these by up to 0.4. PCKh only needs both inputs in one frame: to compare
-predictions in the project's continuous pixels (DESIGN.md) with MATLAB-frame
+predictions in the project's continuous pixels (docs/DESIGN.md) with MATLAB-frame
 ground truth, add 0.5 to them (the centre of pixel j is j + 0.5 here, j + 1
 in MATLAB).
 """

@@ -1,6 +1,6 @@
 """Camera geometry: pinhole projection, lens distortion, frames, crop affines.
 
-Conventions (see DESIGN.md): 3D points in millimetres in the camera frame
+Conventions (see docs/DESIGN.md): 3D points in millimetres in the camera frame
 (x right, y down, z forward); 2D points in continuous pixels, where pixel
 (row i, col j) covers [j, j+1) x [i, i+1). Intrinsics are stored as
 (f_x, f_y, c_x, c_y).

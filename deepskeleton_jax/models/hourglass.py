@@ -2,8 +2,8 @@
 
 The 2D detector of the pipeline: its detections drive hypothesis matching and
 give the PCKh numbers on MPII. Besides the network this module holds the
-Gaussian heatmap targets, the intermediate-supervision loss, sub-pixel heatmap
-decoding and a reader for published detection files.
+Gaussian heatmap targets, the intermediate-supervision loss and sub-pixel
+heatmap decoding (published detection files: `evaluation/detections.py`).
 
 Architecture (Newell et al.'s released Torch model): 7x7/2 conv (64) + BN +
 ReLU, Residual(128), 2x2 max pool, Residual(128), Residual(F); then per stack
@@ -16,7 +16,7 @@ BN-ReLU-conv1x1(C/2)-BN-ReLU-conv3x3(C/2)-BN-ReLU-conv1x1(C), with a 1x1 conv
 skip when the input width differs. Convolutions carry biases, as in the
 original. The heatmaps are at 1/4 of the input resolution (64x64 for 256x256).
 
-Heatmap pixels follow the continuous convention of DESIGN.md: pixel (row i,
+Heatmap pixels follow the continuous convention of docs/DESIGN.md: pixel (row i,
 col j) covers [j, j+1) x [i, i+1) and its centre is (j + 0.5, i + 0.5); a joint
 at heatmap position (x, y) is the point (x, y) itself, so image pixels map to
 heatmap pixels by plain scaling (x_hm = x_img * h / S).
@@ -34,29 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from deepskeleton_jax.geometry import skeleton
+from deepskeleton_jax.models import layers
 
 Array = Any
-
-
-class Residual(nn.Module):
-  """Pre-activation bottleneck residual module with `features` outputs."""
-  features: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    norm = lambda name: nn.BatchNorm(use_running_average=not train,
-                                     momentum=0.9, epsilon=1e-5,
-                                     dtype=self.dtype, name=name)
-    conv = lambda f, k, name: nn.Conv(f, (k, k), padding='SAME',
-                                      dtype=self.dtype, name=name)
-    mid = max(self.features // 2, 1)
-    y = conv(mid, 1, 'conv1')(nn.relu(norm('bn1')(x)))
-    y = conv(mid, 3, 'conv2')(nn.relu(norm('bn2')(y)))
-    y = conv(self.features, 1, 'conv3')(nn.relu(norm('bn3')(y)))
-    if x.shape[-1] != self.features:
-      x = conv(self.features, 1, 'skip')(x)
-    return x + y
 
 
 class Hourglass(nn.Module):
@@ -67,7 +47,7 @@ class Hourglass(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    res = lambda name: Residual(self.features, self.dtype, name=name)
+    res = lambda name: layers.PreActBottleneck(self.features, self.dtype, name=name)
     up1 = res('up1')(x, train)
     low = nn.max_pool(x, (2, 2), strides=(2, 2))
     low = res('low1')(low, train)
@@ -127,15 +107,15 @@ class StackedHourglass(nn.Module):
     x = nn.Conv(max(f // 4, 8), (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)),
                 dtype=self.dtype, name='stem_conv')(x)
     x = nn.relu(norm('stem_bn')(x))
-    x = Residual(max(f // 2, 8), self.dtype, name='stem_res1')(x, train)
+    x = layers.PreActBottleneck(max(f // 2, 8), self.dtype, name='stem_res1')(x, train)
     x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    x = Residual(max(f // 2, 8), self.dtype, name='stem_res2')(x, train)
-    x = Residual(f, self.dtype, name='stem_res3')(x, train)
+    x = layers.PreActBottleneck(max(f // 2, 8), self.dtype, name='stem_res2')(x, train)
+    x = layers.PreActBottleneck(f, self.dtype, name='stem_res3')(x, train)
 
     heatmaps = []
     for s in range(self.num_stacks):
       y = Hourglass(self.depth, f, self.dtype, name=f'hg{s}')(x, train)
-      y = Residual(f, self.dtype, name=f'res{s}')(y, train)
+      y = layers.PreActBottleneck(f, self.dtype, name=f'res{s}')(y, train)
       y = nn.relu(norm(f'lin_bn{s}')(conv1x1(f, f'lin{s}')(y)))
       hm = conv1x1(self.num_joints, f'head{s}')(y)
       heatmaps.append(hm.astype(jnp.float32))

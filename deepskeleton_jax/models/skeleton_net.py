@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from deepskeleton_jax.models import layers
 from deepskeleton_jax.models import resnet
 
 SKIPS = ('res4f', 'res3d', 'res2c')
@@ -81,24 +82,6 @@ class Upsample(nn.Module):
                             padding=((2, 2), (2, 2)), use_bias=False,
                             kernel_init=bilinear_kernel_init, dtype=self.dtype,
                             param_dtype=jnp.float32, name='deconv')(x)
-
-
-class ResidualModule(nn.Module):
-  """Pre-activation bottleneck residual module (Stacked Hourglass style)."""
-  features: int
-  train: bool
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    bn = resnet.batch_norm(self.train, self.dtype)
-    cv = resnet.conv(self.dtype)
-    half = max(self.features // 2, 1)
-    y = cv(half, (1, 1), name='conv1')(nn.relu(bn(name='bn1')(x)))
-    y = cv(half, (3, 3), padding=((1, 1), (1, 1)),
-           name='conv2')(nn.relu(bn(name='bn2')(y)))
-    y = cv(self.features, (1, 1), name='conv3')(nn.relu(bn(name='bn3')(y)))
-    return x + y
 
 
 class Projection(nn.Module):
@@ -163,15 +146,17 @@ class SkeletonMapNet(nn.Module):
     features = resnet.ResNet(self.stage_sizes, self.width, self.in_channels,
                              self.dtype, self.remat, name='backbone')(x, train)
     d, kw = self.decoder_width, dict(train=train, dtype=self.dtype)
+    residual = lambda name: layers.PreActBottleneck(
+        d, self.dtype, use_bias=False, kernel_init=resnet.conv_init, name=name)
     y = Projection(d, **kw, name='proj_res5c')(features['res5c'])
     logits = []
     for skip in SKIPS:
       y = Upsample(d, self.dtype, name=f'up_{skip}')(y)
-      y = ResidualModule(d, **kw, name=f'residual_{skip}')(y)
-      side = ResidualModule(d, **kw, name=f'side_residual_{skip}')(y)
+      y = residual(f'residual_{skip}')(y, train)
+      side = residual(f'side_residual_{skip}')(y, train)
       logits.append(Head(self.out_channels, **kw, name=f'head_{skip}')(side))
       y = y + Projection(d, **kw, name=f'proj_{skip}')(features[skip])
-    y = ResidualModule(d, **kw, name='final_residual')(y)
+    y = residual('final_residual')(y, train)
     logits.append(Head(self.out_channels, **kw, name='final_head')(y))
     b, h, w = x.shape[0], x.shape[1] // OUTPUT_STRIDE, x.shape[2] // OUTPUT_STRIDE
     chex.assert_shape(logits[-1], (b, h, w, self.out_channels))

@@ -1,4 +1,4 @@
-"""Tests for deepskeleton_jax.visualize: pixels where the geometry says."""
+"""Tests for evaluation.figures and evaluation.drawing: pixels where the geometry says."""
 
 import json
 import os
@@ -10,6 +10,7 @@ from PIL import Image
 import pytest
 
 from deepskeleton_jax.geometry import skeleton
+from deepskeleton_jax.evaluation import drawing
 from deepskeleton_jax.evaluation import figures
 
 _STANDING = {
@@ -58,7 +59,7 @@ def test_draw_skeleton_2d_horizontal_bone_pixels(bone, outline):
   joints[a], joints[b] = (20, 30), (80, 30)
   visible = np.zeros(16, bool)
   visible[[a, b]] = True
-  lines = figures.draw_skeleton_2d(ax, joints, visible, linewidth=4.0,
+  lines = drawing.draw_skeleton_2d(ax, joints, visible, linewidth=4.0,
                                      outline=outline)
   assert len(lines) == 1
   ax.set_xlim(0, 100)
@@ -90,13 +91,13 @@ def test_draw_skeleton_2d_skips_nonfinite_and_single_color():
   ax = fig.add_subplot()
   joints = _t_pose()[:, :2]
   joints[9] = np.nan  # head_top: the head bone (8, 9) goes.
-  lines = figures.draw_skeleton_2d(ax, joints, color='red')
+  lines = drawing.draw_skeleton_2d(ax, joints, color='red')
   assert len(lines) == 14
   assert all(line.get_color() == 'red' for line in lines)
 
 
 def test_camera_to_plot_is_a_rotation():
-  basis = figures.camera_to_plot(np.eye(3))
+  basis = drawing.camera_to_plot(np.eye(3))
   np.testing.assert_allclose(basis @ basis.T, np.eye(3))
   assert np.linalg.det(basis) == pytest.approx(1.0)
   # Camera "down" (+y) is plot "down" (-z); depth (+z) is plot +y.
@@ -108,7 +109,7 @@ def test_draw_skeleton_3d_line_data_upright():
   fig = Figure()
   ax = fig.add_subplot(projection='3d')
   pose = _t_pose()
-  lines = figures.draw_skeleton_3d(ax, pose)
+  lines = drawing.draw_skeleton_3d(ax, pose)
   assert len(lines) == 15
   head = np.asarray(lines[8].get_data_3d())  # bone (8, 9): neck -> head top
   np.testing.assert_allclose(head[:, 1], [pose[9, 0], pose[9, 2], -pose[9, 1]])
@@ -124,7 +125,7 @@ def test_draw_skeleton_3d_line_data_upright():
 def test_draw_skeleton_3d_head_above_feet_in_image(view):
   fig = Figure(figsize=(3, 3), dpi=100)
   ax = fig.add_subplot(projection='3d')
-  figures.draw_skeleton_3d(ax, _t_pose(), view=view, linewidth=3.0)
+  drawing.draw_skeleton_3d(ax, _t_pose(), view=view, linewidth=3.0)
   rgb = _render(fig)
   head_rows, _ = _pixels_of(rgb, skeleton.BONE_COLORS[8])
   r_shin_rows, _ = _pixels_of(rgb, skeleton.BONE_COLORS[0])
@@ -141,7 +142,7 @@ def test_draw_skeleton_3d_camera_view_matches_projection():
   assert projected_x[10] < projected_x[15]  # r_wrist left of l_wrist
   fig = Figure(figsize=(3, 3), dpi=100)
   ax = fig.add_subplot(projection='3d')
-  figures.draw_skeleton_3d(ax, pose, view=(0, -90), linewidth=3.0)
+  drawing.draw_skeleton_3d(ax, pose, view=(0, -90), linewidth=3.0)
   rgb = _render(fig)
   _, r_cols = _pixels_of(rgb, skeleton.BONE_COLORS[9])   # r_forearm
   _, l_cols = _pixels_of(rgb, skeleton.BONE_COLORS[14])  # l_forearm
@@ -207,7 +208,7 @@ def test_prediction_figure_contents():
   rel = hyps[2] - hyps[2, skeleton.ROOT]
   a, b = skeleton.BONES[0]
   np.testing.assert_allclose(np.asarray(chosen[0].get_data_3d()).T,
-                             figures.camera_to_plot(rel[[a, b]]))
+                             drawing.camera_to_plot(rel[[a, b]]))
 
 
 def test_hypotheses_figure(tmp_path):
@@ -275,7 +276,7 @@ def test_bad_shapes_raise():
   fg, bg = _maps()
   hyps = _hypotheses(2)
   with pytest.raises(ValueError, match='joints_2d'):
-    figures.draw_skeleton_2d(Figure().add_subplot(), np.zeros((15, 2)))
+    drawing.draw_skeleton_2d(Figure().add_subplot(), np.zeros((15, 2)))
   with pytest.raises(ValueError, match='hypotheses'):
     figures.prediction_figure(None, _image(), np.zeros((16, 2)), fg, bg,
                                 hyps[:, :, :2], 0)

@@ -1,0 +1,92 @@
+"""Every experiment config at full size: its stages' train and eval steps trace.
+
+For each file under configs/ (with each argument it documents), `finalize` and
+`jax.eval_shape` of every stage's full train step (all stacked hypotheses,
+the config's real batch size and input size) and of the evaluation's
+inference function: no compute, so a shape or config error in a paper
+experiment fails CI in seconds. Hypotheses are traced with `vmap` (one trace;
+`loop` gives the same shapes).
+"""
+
+import importlib
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import train_benchmark
+from deepskeleton_jax.evaluation import inference
+from deepskeleton_jax.training import config_lib
+from deepskeleton_jax.training import stages as stages_lib
+from deepskeleton_jax.training import train_step
+
+CONFIGS = (
+    ('bvh_regressor', None), ('demo', None), ('tiny', None),
+    ('h36m_skeleton_net', None), ('h36m_regressor', 'gt'), ('h36m_regressor', 'predicted'),
+    ('h36m_direct_rgb', None), ('h36m_ensemble', None), ('h36m_lifting', None),
+    ('h36m_deepskeleton', None),
+    ('mpii_skeleton_net', None), ('mpii_regressor', 'gt'), ('mpii_regressor', 'predicted'),
+    ('mpii_hourglass', None), ('mpii_deepskeleton', None),
+)
+_NORM = {'mean': jax.ShapeDtypeStruct((16, 3), jnp.float32),
+         'std': jax.ShapeDtypeStruct((), jnp.float32)}
+_KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)
+
+
+def test_every_config_file_is_covered():
+  names = {p.stem for p in (pathlib.Path(__file__).parents[1] / 'configs').glob('*.py')
+           if not p.stem.endswith('_common')}
+  assert names == {name for name, _ in CONFIGS}
+
+
+def _config(name, arg):
+  config = config_lib.finalize(importlib.import_module(f'configs.{name}').get_config(arg))
+  config.parallel.hyp_map = 'vmap'
+  return config
+
+
+def _abstract_batch(config, batch_size):
+  one = train_benchmark.synthetic_batch(config, 1)
+  return {k: jax.ShapeDtypeStruct((batch_size,) + v.shape[1:], v.dtype) for k, v in one.items()}
+
+
+def _variables(stage):
+  return jax.eval_shape(lambda r: train_step.init_variables(stage, r), _KEY)
+
+
+@pytest.mark.parametrize('name,arg', CONFIGS, ids=[f'{n}:{a}' if a else n for n, a in CONFIGS])
+def test_train_and_eval_steps_trace_at_full_size(name, arg):
+  config = _config(name, arg)
+  lay = stages_lib.layout(config)
+  for stage_name in config_lib.stage_list(config):
+    stage = stages_lib.build(config, stage_name)
+    tcfg = config[stage_name].train
+    tx = train_step.make_optimizer(tcfg)
+    state = jax.eval_shape(lambda v: train_step.create_state(v, tx, _NORM, _KEY),
+                           _variables(stage))
+    aux = _variables(stages_lib.build(config, stage.needs)) if stage.needs else None
+    new_state, metrics = jax.eval_shape(train_step.make_train_step(stage, tcfg), state,
+                                        _abstract_batch(config, tcfg.batch_size), aux)
+    assert jax.tree.structure(new_state) == jax.tree.structure(state), stage_name
+    assert metrics['loss'].shape == (), stage_name
+    leaf = jax.tree.leaves(state.params)[0]
+    assert leaf.shape[0] == stage.num_hyps, stage_name
+  # The evaluation's (and prediction's) inference function over every pipeline stage.
+  loaded = {s: {'stage': stages_lib.build(config, s)} for s in inference.PIPELINE_STAGES}
+  variables = {s: _variables(v['stage']) for s, v in loaded.items()}
+  norms = {s: _NORM for s in loaded}
+  b = config.eval.batch_size
+  out = jax.eval_shape(inference.make_predict_fn(config, loaded), variables, norms,
+                       _abstract_batch(config, b))
+  h = lay.num_hyps
+  assert out['maps'].shape == (h, b, lay.map_size, lay.map_size, 6)
+  assert out['hyps'].shape == out['gt_hyps'].shape == (b, h, 16, 3)
+  assert out['ensemble'].shape == (b, config.ensemble.num_runs, 16, 3)
+  assert out['direct'].shape == (b, 16, 3)
+  assert out['detections'].shape == (b, 16, 2) and out['detection_conf'].shape == (b, 16)
+  if name.startswith('h36m'):
+    assert (h, lay.map_size) == (11, 56) and np.all(lay.widths == np.arange(5, 16))
+  if name.startswith('mpii') and name != 'mpii_hourglass':
+    assert h == 18 and sorted(set(config.data.crop_scales)) == [1.0, 1.25, 1.5]
