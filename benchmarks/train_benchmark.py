@@ -118,9 +118,31 @@ def _time(fn, steps: int) -> float:
   return (time.perf_counter() - t0) / steps
 
 
+def mfu(flops_per_device_step: float | None, seconds_per_step: float,
+        peak_flops_per_device: float | None) -> float | None:
+  """Model FLOPs utilisation of one device.
+
+  XLA's cost analysis of an SPMD-partitioned program counts the FLOPs of one
+  device's shard (measured: the same step on 8 fake CPU devices at 8x the
+  batch reports the 1-device FLOPs), so the FLOPs are divided by one device's
+  peak, not by the peak of all devices.
+
+  Args:
+    flops_per_device_step: one device's FLOPs per step (`_flops`).
+    seconds_per_step: wall time of a step.
+    peak_flops_per_device: the device's dense peak (None: unknown, e.g. CPU).
+
+  Returns:
+    The utilisation in [0, 1], or None.
+  """
+  if not flops_per_device_step or not peak_flops_per_device:
+    return None
+  return flops_per_device_step / seconds_per_step / peak_flops_per_device
+
+
 def bench_train_step(config, stage_name: str, batch_size: int, steps: int,
-                     sharded: bool = True) -> dict[str, Any]:
-  """Times one stage's train step on a random batch."""
+                     sharded: bool = True, devices=None) -> dict[str, Any]:
+  """Times one stage's train step on a random batch (over `devices`, default all)."""
   stage = stages_lib.build(config, stage_name)
   tcfg = copy.deepcopy(config[stage_name].train)
   with tcfg.unlocked():
@@ -135,7 +157,7 @@ def bench_train_step(config, stage_name: str, batch_size: int, steps: int,
         stages_lib.build(config, stage.needs), r))(rng)
   batch = synthetic_batch(config, batch_size)
   if sharded:
-    mesh = parallel.make_mesh(config.parallel.hyp_axis)
+    mesh = parallel.make_mesh(config.parallel.hyp_axis, devices)
     abstract = jax.eval_shape(lambda v: train_step.create_state(v, tx, norm, rng), variables)
     state_sh = parallel.state_sharding(mesh, abstract)
     state = jax.jit(lambda v: train_step.create_state(v, tx, norm, rng),
@@ -156,9 +178,9 @@ def bench_train_step(config, stage_name: str, batch_size: int, steps: int,
     holder['state'], metrics = compiled(holder['state'], batch, aux)
     return metrics['loss']
 
-  sec = _time(run_once, steps)
-  return {'seconds_per_step': sec, 'images_per_s': batch_size / sec,
-          'compile_s': compile_s, 'flops_per_step': _flops(compiled),
+  sec = _time(run_once, steps) if steps else None
+  return {'seconds_per_step': sec, 'images_per_s': batch_size / sec if sec else None,
+          'compile_s': compile_s, 'flops_per_device_step': _flops(compiled),
           'step_memory_bytes': step_memory_bytes(compiled), 'num_hyps': stage.num_hyps}
 
 
@@ -224,17 +246,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   grid = [(name, dtype, remat, accum, bs) for name in stage_names for dtype in bcfg.dtypes
           for remat in bcfg.remat for accum in bcfg.grad_accum for bs in bcfg.batch_sizes]
   for i, (name, dtype, remat, accum, bs) in enumerate(grid):
+    bs = bs or int(config[name].train.batch_size)  # 0: the stage's own batch size
     logging.info('benchmark %d/%d: %s %s remat=%s grad_accum=%d batch %d', i + 1,
                  len(grid), name, dtype, remat, accum, bs)
     cfg = config_variant(config, name, dtype, bool(remat), int(accum))
     row = {'stage': name, 'dtype': dtype, 'remat': bool(remat), 'grad_accum': int(accum),
            'batch_size': bs}
-    tr = bench_train_step(cfg, name, bs, bcfg.steps)
+    tr = bench_train_step(cfg, name, bs, 0 if bcfg.compile_only else bcfg.steps)
     row.update({f'train_{k}': v for k, v in tr.items()})
-    peak = _peak_flops(dtype)
-    if peak and tr['flops_per_step']:
-      row['train_mfu'] = tr['flops_per_step'] / tr['seconds_per_step'] / (
-          peak * jax.device_count())
+    if bcfg.compile_only:  # XLA's step memory at this size; nothing runs.
+      results['rows'].append(row)
+      continue
+    row['train_mfu'] = mfu(tr['flops_per_device_step'], tr['seconds_per_step'],
+                           _peak_flops(dtype))
     if not remat and accum == 1:  # The references, once per stage, dtype and batch.
       plain = bench_train_step(cfg, name, bs, bcfg.steps, sharded=False)
       row['plain_train_images_per_s'] = plain['images_per_s']
@@ -249,16 +273,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       row.update({f'infer_{k}': v for k, v in inf.items()})
     row['device_peak_memory_bytes'] = _device_peak_memory()
     results['rows'].append(row)
-  try:
+  if not bcfg.compile_only:
+    from benchmarks import input_benchmark  # pylint: disable=g-import-not-at-top
     from benchmarks import rasterize_benchmark  # pylint: disable=g-import-not-at-top
     results['rasterizer'] = rasterize_benchmark.run()
-  except ImportError:
-    logging.warning('rasterize_benchmark is not available')
-  try:
-    from benchmarks import input_benchmark  # pylint: disable=g-import-not-at-top
-    results['input_pipeline'] = input_benchmark.run(config.data)
-  except (ImportError, FileNotFoundError) as e:
-    logging.warning('input pipeline benchmark skipped: %s', e)
+    try:
+      results['input_pipeline'] = input_benchmark.run(config.data)
+    except FileNotFoundError as e:  # the dataset is not built
+      logging.warning('input pipeline benchmark skipped: %s', e)
   line = json.dumps(results, default=float)
   print(line)
   print(format_table(results))

@@ -1,4 +1,4 @@
-"""Tests for deepskeleton_jax.benchmark's memory accounting (no timings).
+"""Tests of benchmarks/train_benchmark.py: memory accounting and MFU (no timings).
 
 The end-to-end benchmark run is in pipeline_test.py.
 """
@@ -39,3 +39,18 @@ def test_gradient_accumulation_cuts_step_memory():
   """4 micro-batches keep a quarter of the activations alive at a time."""
   whole, micro = _step_memory(1), _step_memory(4)
   assert 0 < micro < 0.6 * whole, (micro, whole)
+
+
+def test_mfu_does_not_change_with_the_number_of_devices():
+  """The same per-device batch on 1 and on 8 devices: same FLOPs per device, same MFU."""
+  config = config_lib.finalize(tiny.get_config())
+  flops = {}
+  for n in (1, 8):
+    row = train_benchmark.bench_train_step(config, 'direct_rgb', 4 * n, steps=1,
+                                           devices=jax.devices()[:n])
+    flops[n] = row['flops_per_device_step']
+  assert abs(flops[8] - flops[1]) < 0.02 * flops[1], flops
+  seconds, peak = 0.5, 1e12
+  one = train_benchmark.mfu(flops[1], seconds, peak)
+  assert abs(train_benchmark.mfu(flops[8], seconds, peak) - one) < 0.02 * one
+  assert train_benchmark.mfu(flops[1], seconds, None) is None

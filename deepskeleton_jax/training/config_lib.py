@@ -164,6 +164,9 @@ def _mode_groups() -> dict[str, ml_collections.ConfigDict]:
           'grad_accum': (1,),             # e.g. (1, 4): micro-batches per step
           'steps': 10,
           'stages': 'regressor,skeleton_net',
+          # Compile each train step and report XLA's step memory, run nothing
+          # (with batch size 0 = each stage's own train.batch_size).
+          'compile_only': False,
       }),
       'parallel': ml_collections.ConfigDict({
           'hyp_axis': 1,                  # devices along the 'hyp' mesh axis
