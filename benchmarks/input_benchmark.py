@@ -1,6 +1,6 @@
 r"""Input pipeline throughput in images per CPU core (a benchmark, not a test).
 
-  python -m deepskeleton_jax.input_benchmark --config=configs/demo.py
+  python -m benchmarks.input_benchmark --config=configs/demo.py
 
 Measures, on a built dataset (`python run.py --mode=prepare --config=...`):
 - `pipeline`: the grain iterator as configured (prefetch threads, no worker

@@ -9,7 +9,7 @@ stick width to whole pixels. `opencv_agreement` reports the fraction of pixels
 on which the two agree. Both sides render fg + bg float32 maps of the same
 poses and are timed in the same run, interleaved, best of `repeats`.
 
-  python -m deepskeleton_jax.rasterize_benchmark [--batch=1024 --size=56]
+  python -m benchmarks.rasterize_benchmark [--batch=1024 --size=56]
 
 prints one JSON line and a table.
 

@@ -1,7 +1,6 @@
 """The tree's own rules: sizes, the facade, no sys.path edits, references inside the repo."""
 
 import ast
-import importlib
 import pathlib
 import re
 
@@ -26,14 +25,13 @@ def test_no_file_over_500_lines_no_function_over_80(path):
 
 
 def test_public_facade():
-  from deepskeleton_jax import camera, matching, metrics, rasterize, skeleton  # pylint: disable=g-import-not-at-top,unused-import
-  from deepskeleton_jax.models import hourglass, regressor, resnet, skeleton_net  # pylint: disable=g-import-not-at-top,unused-import
+  from deepskeleton_jax import camera, matching, metrics, rasterize, skeleton  # pylint: disable=g-import-not-at-top
+  from deepskeleton_jax.models import hourglass, regressor, resnet, skeleton_net  # pylint: disable=g-import-not-at-top
   assert skeleton.ROOT == 7 and len(skeleton.BONES) == 15
-  for module, names in {'rasterize': ['skeleton_maps'], 'camera': ['project'],
-                        'metrics': ['mpjpe', 'pa_mpjpe', 'pckh', 'mpii_head_size'],
-                        'matching': ['reprojection_error', 'select']}.items():
-    mod = getattr(importlib.import_module('deepskeleton_jax'), module)
-    assert all(hasattr(mod, n) for n in names), module
+  for mod, names in ((rasterize, ['skeleton_maps']), (camera, ['project']),
+                     (metrics, ['mpjpe', 'pa_mpjpe', 'pckh', 'mpii_head_size']),
+                     (matching, ['reprojection_error', 'select'])):
+    assert all(hasattr(mod, n) for n in names), mod
   assert resnet.ResNet50 and skeleton_net.SkeletonMapNet and regressor.PoseRegressor
   assert hourglass.StackedHourglass
 

@@ -26,6 +26,7 @@ from deepskeleton_jax.training import metric_writer
 from deepskeleton_jax.training import parallel
 from deepskeleton_jax.evaluation import predict
 from deepskeleton_jax.training import stages as stages_lib
+from deepskeleton_jax.data import input_pipeline
 from deepskeleton_jax.training import train_loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -206,14 +207,22 @@ def _replay_plateau(vals, patience, factor):
   return out
 
 
-def test_plateau_schedule_decays_after_patience(trained, tmp_path):
+def test_plateau_schedule_decays_after_patience(trained, tmp_path, monkeypatch):
   config, _ = trained
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.direct_rgb.train.update(schedule='plateau', plateau_every=1, plateau_patience=1,
                                    num_steps=4, checkpoint_every=4)
   tcfg = config.direct_rgb.train
+  opened = []
+  make_iterator = input_pipeline.make_iterator
+  monkeypatch.setattr(input_pipeline, 'make_iterator',
+                      lambda data, split, *a, **k: opened.append(split) or
+                      make_iterator(data, split, *a, **k))
   train_loop.train_stage(config, str(tmp_path), 'direct_rgb')
+  # Training reads the train split and the held-out validation split, never the test split.
+  assert set(opened) == {config.data.train_split, config.data.val_split}
+  assert config.data.eval_split not in opened
   records = [json.loads(l) for l in
              (tmp_path / 'direct_rgb' / 'metrics.jsonl').read_text().splitlines()]
   vals = [r for r in records if 'val_loss' in r]
@@ -231,9 +240,10 @@ def test_plateau_schedule_decays_after_patience(trained, tmp_path):
   state = checkpointing.load_variables(str(tmp_path), 'direct_rgb')
   tx = train_step.make_optimizer(tcfg)
   state = train_step.create_state(state['variables'], tx, state['norm'], jax.random.PRNGKey(0))
-  eval_loss = jax.jit(train_step.make_eval_loss(stage))
   writer = metric_writer.MetricWriter(str(tmp_path / 'again'))
+  plateau = train_loop._Plateau(config, stage, mesh, writer)  # pylint: disable=protected-access
+  batch = next(plateau._batches())  # pylint: disable=protected-access
   for want in (1.0, tcfg.decay_factor, tcfg.decay_factor ** 2):
-    state = train_loop._plateau(config, stage, state, eval_loss, None, mesh, tcfg, writer, 0)  # pylint: disable=protected-access
+    state = plateau(state, batch, None, 0)
     np.testing.assert_allclose(float(state.lr_scale), want, rtol=1e-6)
   writer.close()
