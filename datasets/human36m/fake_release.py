@@ -5,6 +5,13 @@ Nothing of the real dataset is used: poses are a hand-made standing figure
 sways from frame to frame; videos show white dots at the joints' distorted
 projections through the published cameras on a dark background; CDF files
 hold the variable `Pose` with shape (1, frames, 96) like the release.
+
+Names and shapes follow the official release: subjects S1 S5 S6 S7 S8 S9
+S11, the four camera ids, mp4 videos at 50 fps of the published frame sizes
+(1000x1002 for 54138969 and 60457274, 1000x1000 for 55011271 and 58860488),
+action names with their take suffixes ('Walking', 'Walking 1', 'SittingDown
+2', ...), both spellings Photo/TakingPhoto and WalkDog/WalkingDog, and, where
+asked, `D3_Positions_mono/<Action>.<camera_id>.cdf` camera-frame positions.
 """
 
 import pathlib
@@ -14,8 +21,30 @@ import cdflib.cdfwrite
 import cv2
 import numpy as np
 
-from . import h36m_cameras
 from deepskeleton_jax.geometry import skeleton
+from . import h36m_cameras
+
+FPS = 50
+
+# Sequence names (CDF stems) of the kind the release has, per subject: several
+# takes per action, S1's 'TakingPhoto'/'WalkingDog' and the others' 'Photo'/
+# 'WalkDog', and S11's 'Directions' (the sequence the build drops).
+RELEASE_ACTIONS: dict[str, tuple[str, ...]] = {
+    'S1': ('Walking', 'Walking 1', 'TakingPhoto', 'TakingPhoto 1',
+           'WalkingDog 1', 'SittingDown 2'),
+    'S5': ('Walking 1', 'Photo', 'Photo 2', 'WalkDog', 'WalkTogether 1',
+           'SittingDown 2'),
+    'S9': ('Walking', 'Walking 1', 'Photo 1', 'WalkDog 1', 'WalkTogether 1',
+           'SittingDown'),
+    'S11': ('Directions', 'Directions 1', 'Walking 1', 'Photo 1', 'WalkDog',
+            'SittingDown 2'),
+}
+
+# Videos spelled unlike their CDF (the release mixes the two spellings).
+VIDEO_SPELLINGS: dict[tuple[str, str], str] = {
+    ('S5', 'Photo 2'): 'TakingPhoto 2',
+    ('S9', 'WalkDog 1'): 'WalkingDog 1',
+}
 
 # The 16 joints of skeleton.JOINT_NAMES for a standing figure facing -y
 # (x to its left is the world's +x), millimetres, z up.
@@ -58,16 +87,18 @@ def write_cdf(path: pathlib.Path, poses: np.ndarray) -> None:
 
 def write_video(path: pathlib.Path, subject: str, camera_id: str,
                 poses: np.ndarray, radius: int = 6) -> None:
-  """Writes an mp4 ('mp4v') with dots at the 16 joints' projections."""
+  """Writes an mp4 ('mp4v', 50 fps, the camera's published frame size) with
+  dots at the 16 joints' projections."""
   cam = h36m_cameras.get_camera(subject, camera_id)
   joints = poses[:, skeleton.H36M32_TO_SKELETON].astype(np.float64)
   uv = cam.project(cam.world_to_camera(joints))
-  writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'mp4v'), 50,
+  writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'mp4v'), FPS,
                            (cam.width, cam.height))
   if not writer.isOpened():
     raise RuntimeError(f'{path}: OpenCV cannot write mp4v videos here')
+  background = np.full((cam.height, cam.width, 3), 40, np.uint8)
   for points in uv:
-    frame = np.full((cam.height, cam.width, 3), 40, np.uint8)
+    frame = background.copy()
     for x, y in points:
       # Continuous pixel (x, y) lies in OpenCV's integer pixel (x - .5, y - .5).
       cv2.circle(frame, (int(round(x - 0.5)), int(round(y - 0.5))), radius,
@@ -76,35 +107,73 @@ def write_video(path: pathlib.Path, subject: str, camera_id: str,
   writer.release()
 
 
-def make_release(root: pathlib.Path, actions: dict[str, Sequence[str]],
-                 cameras: Sequence[str], num_frames: int = 8,
-                 video_frames: dict[tuple[str, str, str], int] | None = None
+def write_mono_cdf(path: pathlib.Path, subject: str, camera_id: str,
+                   poses: np.ndarray, error_mm: float = 0.0) -> None:
+  """Writes D3_Positions_mono: `poses` in the camera's frame (+ an error).
+
+  Args:
+    path: the .cdf file.
+    subject, camera_id: the published camera.
+    poses: [F, 32, 3] world mm.
+    error_mm: shifts one joint (the head top) of every frame by this many mm
+      along x, to make an inconsistent file.
+  """
+  cam = h36m_cameras.get_camera(subject, camera_id)
+  mono = cam.world_to_camera(np.asarray(poses, np.float64))
+  mono[:, skeleton.H36M32_TO_SKELETON[skeleton.JOINT_INDEX['head_top']], 0] += error_mm
+  write_cdf(path, mono)
+
+
+def make_release(root: pathlib.Path,
+                 actions: dict[str, Sequence[str]] | None = None,
+                 cameras: Sequence[str] = h36m_cameras.CAMERA_IDS,
+                 num_frames: int = 8,
+                 video_frames: dict[tuple[str, str, str], int] | None = None,
+                 video_names: dict[tuple[str, str], str] | None = None,
+                 mono: bool = False,
+                 mono_error_mm: dict[tuple[str, str, str], float] | None = None,
                  ) -> dict[tuple[str, str], np.ndarray]:
   """Writes a fake release under `root`.
 
   Args:
     root: the manual_dir to fill.
-    actions: per subject (e.g. 'S1') its action names (e.g. 'Walking 1').
+    actions: per subject (e.g. 'S1') its sequence names (e.g. 'Walking 1');
+      default RELEASE_ACTIONS.
     cameras: camera ids to write videos for.
-    num_frames: frames per CDF.
+    num_frames: frames per CDF (or a dict subject -> frames).
     video_frames: optional (subject, action, camera) -> number of video frames
       (default `num_frames`), to make short videos.
+    video_names: (subject, action) -> the action as the video file spells it
+      (default VIDEO_SPELLINGS; only for the sequences written).
+    mono: also write D3_Positions_mono files.
+    mono_error_mm: (subject, action, camera) -> error of that mono file.
 
   Returns:
     (subject, action) -> the float32 world poses [num_frames, 32, 3] written.
   """
+  actions = RELEASE_ACTIONS if actions is None else actions
+  video_names = VIDEO_SPELLINGS if video_names is None else video_names
   video_frames = video_frames or {}
+  mono_error_mm = mono_error_mm or {}
   poses = {}
   for s_index, (subject, names) in enumerate(sorted(actions.items())):
-    pose_dir = root / subject / 'MyPoseFeatures' / 'D3_Positions'
+    features = root / subject / 'MyPoseFeatures'
     video_dir = root / subject / 'Videos'
-    pose_dir.mkdir(parents=True, exist_ok=True)
-    video_dir.mkdir(parents=True, exist_ok=True)
+    for d in (features / 'D3_Positions', video_dir) + (
+        (features / 'D3_Positions_mono',) if mono else ()):
+      d.mkdir(parents=True, exist_ok=True)
     for a_index, action in enumerate(names):
-      world = world_poses(num_frames, seed=100 * s_index + a_index)
-      write_cdf(pose_dir / f'{action}.cdf', world)
+      n = num_frames[subject] if isinstance(num_frames, dict) else num_frames
+      world = world_poses(n, seed=100 * s_index + a_index)
+      write_cdf(features / 'D3_Positions' / f'{action}.cdf', world)
+      video_action = video_names.get((subject, action), action)
       for cam in cameras:
-        n = video_frames.get((subject, action, cam), num_frames)
-        write_video(video_dir / f'{action}.{cam}.mp4', subject, cam, world[:n])
+        m = video_frames.get((subject, action, cam), n)
+        write_video(video_dir / f'{video_action}.{cam}.mp4', subject, cam,
+                    world[:m])
+        if mono:
+          write_mono_cdf(features / 'D3_Positions_mono' / f'{action}.{cam}.cdf',
+                         subject, cam, world,
+                         mono_error_mm.get((subject, action, cam), 0.0))
       poses[subject, action] = world
   return poses
