@@ -104,3 +104,23 @@ def test_bvh_beam_build_equals_the_sequential_build(shared_data, tmp_path):
   _assert_same(sequential, beam, ('train', 'holdout', 'test'), key)
   assert beam.info.metadata['skipped_files'] == [str(manual / '131' / 'broken.bvh')]
   assert sequential.info.metadata == beam.info.metadata
+
+
+def test_mpii_beam_build_equals_the_sequential_build(shared_data, tmp_path):
+  samples = shared_data / 'mpii_samples'
+  manual = tmp_path / 'manual'
+  (manual / 'images').mkdir(parents=True)
+  for f in samples.glob('*.jpg'):
+    shutil.copy(f, manual / 'images' / f.name)
+  shutil.copy(samples / 'test_mpii.json', manual / 'train.json')
+  shutil.copy(samples / 'test_mpii.json', manual / 'valid.json')
+  bad = sorted((manual / 'images').glob('*.jpg'))[1]
+  bad.write_bytes(b'not a jpeg')
+  sequential = registry.prepare(_config('mpii', manual, tmp_path / 'seq', 0,
+                                        crop_size=32))
+  beam = registry.prepare(_config('mpii', manual, tmp_path / 'beam', 2,
+                                  crop_size=32))
+  key = lambda e: (e['image_name'].decode(), int(e['frame']))
+  _assert_same(sequential, beam, ('train', 'holdout', 'validation'), key)
+  assert beam.info.metadata['skipped_files'] == [str(bad)]
+  assert sequential.info.metadata == beam.info.metadata
