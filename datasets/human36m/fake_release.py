@@ -85,10 +85,25 @@ def write_cdf(path: pathlib.Path, poses: np.ndarray) -> None:
   cdf.close()
 
 
+def _backgrounds(width: int, height: int, textured: bool) -> list[np.ndarray]:
+  """Frame backgrounds: flat dark grey, or a texture with sensor-like noise
+  (7 noise draws, cycled), so that decoding costs about what real video does."""
+  if not textured:
+    return [np.full((height, width, 3), 40, np.uint8)]
+  yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+  base = (70 + 25 * np.sin(xx / 37) + 25 * np.cos(yy / 23) +
+          20 * np.sin((xx + yy) / 9))[..., None].repeat(3, axis=-1)
+  rng = np.random.default_rng(0)
+  return [np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
+          for _ in range(7)]
+
+
 def write_video(path: pathlib.Path, subject: str, camera_id: str,
-                poses: np.ndarray, radius: int = 6) -> None:
+                poses: np.ndarray, radius: int = 6, textured: bool = False
+                ) -> None:
   """Writes an mp4 ('mp4v', 50 fps, the camera's published frame size) with
-  dots at the 16 joints' projections."""
+  dots at the 16 joints' projections (on a textured, noisy background if
+  `textured`, for benchmarks)."""
   cam = h36m_cameras.get_camera(subject, camera_id)
   joints = poses[:, skeleton.H36M32_TO_SKELETON].astype(np.float64)
   uv = cam.project(cam.world_to_camera(joints))
@@ -96,9 +111,9 @@ def write_video(path: pathlib.Path, subject: str, camera_id: str,
                            (cam.width, cam.height))
   if not writer.isOpened():
     raise RuntimeError(f'{path}: OpenCV cannot write mp4v videos here')
-  background = np.full((cam.height, cam.width, 3), 40, np.uint8)
-  for points in uv:
-    frame = background.copy()
+  backgrounds = _backgrounds(cam.width, cam.height, textured)
+  for i, points in enumerate(uv):
+    frame = backgrounds[i % len(backgrounds)].copy()
     for x, y in points:
       # Continuous pixel (x, y) lies in OpenCV's integer pixel (x - .5, y - .5).
       cv2.circle(frame, (int(round(x - 0.5)), int(round(y - 0.5))), radius,
@@ -132,6 +147,7 @@ def make_release(root: pathlib.Path,
                  video_names: dict[tuple[str, str], str] | None = None,
                  mono: bool = False,
                  mono_error_mm: dict[tuple[str, str, str], float] | None = None,
+                 textured: bool = False,
                  ) -> dict[tuple[str, str], np.ndarray]:
   """Writes a fake release under `root`.
 
@@ -147,6 +163,7 @@ def make_release(root: pathlib.Path,
       (default VIDEO_SPELLINGS; only for the sequences written).
     mono: also write D3_Positions_mono files.
     mono_error_mm: (subject, action, camera) -> error of that mono file.
+    textured: textured, noisy video backgrounds (benchmarks; slower to write).
 
   Returns:
     (subject, action) -> the float32 world poses [num_frames, 32, 3] written.
@@ -170,7 +187,7 @@ def make_release(root: pathlib.Path,
       for cam in cameras:
         m = video_frames.get((subject, action, cam), n)
         write_video(video_dir / f'{video_action}.{cam}.mp4', subject, cam,
-                    world[:m])
+                    world[:m], textured=textured)
         if mono:
           write_mono_cdf(features / 'D3_Positions_mono' / f'{action}.{cam}.cdf',
                          subject, cam, world,
