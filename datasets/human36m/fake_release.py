@@ -72,7 +72,11 @@ def world_poses(num_frames: int, seed: int) -> np.ndarray:
   base = template_pose() + [rng.uniform(-300, 300), rng.uniform(-300, 300), 0]
   t = np.arange(num_frames)[:, None, None]
   sway = np.sin(t * 0.7 + np.arange(32)[None, :, None]) * [40.0, 30.0, 10.0]
-  return (base[None] + sway + t * [15.0, -10.0, 0.0]).astype(np.float32)
+  # A walk about the capture area (about 15 mm per frame at first) that stays
+  # in every camera's view however long the video.
+  walk = np.concatenate([800 * np.sin(t / 53.0), -600 * np.sin(t / 59.0),
+                         np.zeros_like(t, np.float64)], axis=-1)
+  return (base[None] + sway + walk).astype(np.float32)
 
 
 def write_cdf(path: pathlib.Path, poses: np.ndarray) -> None:
