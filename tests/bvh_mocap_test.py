@@ -1,11 +1,14 @@
 """Tests of the bvh_mocap builder on the CMU files in shared/data."""
 
+import logging
+import pathlib
 import shutil
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from deepskeleton_jax import errors
 from deepskeleton_jax.data import registry
 from deepskeleton_jax.geometry import camera
 from deepskeleton_jax.geometry import skeleton
@@ -41,11 +44,25 @@ def test_split_sizes_follow_files_and_subsampling(built, shared_data):
   counts = {f.stem: -(-bvh.load(f).num_frames // 40)
             for f in (shared_data / 'cmu_mocap').glob('*.bvh')}
   train = _all(built.as_data_source('train'))
+  holdout = _all(built.as_data_source('holdout'))
   test = _all(built.as_data_source('test'))
+  # test_files=131_03; of the other two, one (the later) is held out.
   assert len(test) == 2 * counts['131_03']
-  assert len(train) == 2 * (counts['131_01'] + counts['131_02'])
+  assert len(holdout) == 2 * counts['131_02']
+  assert len(train) == 2 * counts['131_01']
   assert {e['action'] for e in test} == {b'131_03'}
+  assert {e['action'] for e in holdout} == {b'131_02'}
   assert {e['camera'] for e in train} == {b'virtual0', b'virtual1'}
+  assert built.info.metadata['skipped_files'] == []
+
+
+def test_holdout_files_are_spread_evenly():
+  files = [f'{k:02d}' for k in range(40)]
+  held = bvh_mocap.evenly_spaced(files, 0.05)
+  assert held == ['10', '30']  # 2 of 40, one per half.
+  assert bvh_mocap.evenly_spaced(files[:3], 0.05) == ['01']
+  assert bvh_mocap.evenly_spaced(files[:1], 0.5) == []  # train keeps one.
+  assert len(bvh_mocap.evenly_spaced(files, 0.5)) == 20
 
 
 def test_joints_project_through_stored_intrinsics_and_fill_the_crop(built):
@@ -99,8 +116,9 @@ def test_cameras_are_upright_and_not_mirrored():
 def test_rebuild_is_identical(built, shared_data, tmp_path):
   manual = tmp_path / 'manual'
   manual.mkdir()
-  shutil.copy(shared_data / 'cmu_mocap' / '131_01.bvh', manual)
-  shutil.copy(shared_data / 'cmu_mocap' / '131_03.bvh', manual)
+  # Another folder layout: the same file names give the same views.
+  for name in ('131_01', '131_02', '131_03'):
+    shutil.copy(shared_data / 'cmu_mocap' / f'{name}.bvh', manual)
   other = _build(manual, tmp_path / 'data', frame_every=40,
                  cameras_per_pose=2, test_files=('131_03',), crop_size=64)
   a = _all(built.as_data_source('test'))
@@ -114,18 +132,67 @@ def test_bad_manual_dirs(tmp_path):
   empty = tmp_path / 'empty'
   empty.mkdir()
   (empty / 'readme.txt').write_text('no bvh here')
-  with pytest.raises(ValueError, match=r'no \.bvh files.*expected layout'):
+  with pytest.raises(errors.InputError, match=r'no \.bvh files.*expected layout'):
     _build(empty, tmp_path / 'd1')
   bad = tmp_path / 'bad'
   bad.mkdir()
-  (bad / 'a.bvh').write_text('HIERARCHY\nROOT Hips\n{\n')
-  (bad / 'b.bvh').write_text('HIERARCHY\nROOT Hips\n{\n')
-  with pytest.raises(ValueError, match=r'a\.bvh.*MOTION'):
-    _build(bad, tmp_path / 'd2')
+  for name in 'abc':
+    (bad / f'{name}.bvh').write_text('HIERARCHY\nROOT Hips\n{\n')
+  with pytest.raises(errors.InputError, match=r'a\.bvh.*MOTION'):
+    _build(bad, tmp_path / 'd2', strict=True)
   # A failed build leaves no dataset behind.
   assert not list((tmp_path / 'd2').rglob('dataset_info.json'))
   assert not list((tmp_path / 'd2').rglob('*.array_record*'))
-  with pytest.raises(ValueError, match='test_files'):
+  with pytest.raises(errors.ConfigError, match='test_files'):
     _build(bad, tmp_path / 'd3', test_files=('zzz',))
-  with pytest.raises(ValueError, match='joint_mapping'):
+  with pytest.raises(errors.ConfigError, match='joint_mapping'):
     bvh_mocap.BvhMocapConfig(name='x', joint_mapping=('Hips',))
+  with pytest.raises(errors.ConfigError, match='holdout_fraction'):
+    bvh_mocap.BvhMocapConfig(name='x', holdout_fraction=1.0)
+
+
+def _bad_folder(shared_data, root):
+  """The CMU files and, among them, malformed ones (like the real conversion)."""
+  for f in sorted((shared_data / 'cmu_mocap').glob('*.bvh')):
+    shutil.copy(f, root / f.name)
+  good = (shared_data / 'cmu_mocap' / '131_01.bvh').read_text()
+  bad = {
+      '131_01b.bvh': good[:len(good) // 2],  # Truncated motion.
+      '131_02b.bvh': 'HIERARCHY\nROOT Hips\n{\n',  # No MOTION.
+      # A hierarchy without the joints of the mapping (renamed knees).
+      '131_02c.bvh': good.replace('LeftKnee', 'LKnee'),
+  }
+  for name, text in bad.items():
+    (root / name).write_text(text)
+  return sorted(str(root / n) for n in bad)
+
+
+def test_bad_files_are_skipped_named_and_counted(shared_data, tmp_path, caplog):
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  bad = _bad_folder(shared_data, manual)
+  with caplog.at_level(logging.WARNING):
+    builder = _build(manual, tmp_path / 'data', frame_every=80,
+                     test_files=('131_03',), holdout_files=('131_02',),
+                     crop_size=32)
+  assert builder.info.metadata['skipped_files'] == bad
+  for path in bad:
+    assert path in caplog.text
+  assert 'skipped 3 bad files' in caplog.text
+  names = lambda split: {e['action'] for e in _all(builder.as_data_source(split))}
+  assert names('train') == {b'131_01'}
+  assert names('holdout') == {b'131_02'} and names('test') == {b'131_03'}
+
+
+def test_strict_build_fails_on_the_first_bad_file_naming_it(shared_data, tmp_path):
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  bad = _bad_folder(shared_data, manual)
+  for path in bad[:2]:
+    pathlib.Path(path).unlink()
+  # Only the hierarchy without the mapped joints is left: its error names it.
+  with pytest.raises(errors.InputError) as info:
+    _build(manual, tmp_path / 'data', frame_every=80, test_files=('131_03',),
+           holdout_files=('131_02',), strict=True)
+  assert str(info.value).startswith(bad[2] + ': ')
+  assert "mapping names joints ['LeftKnee']" in str(info.value)

@@ -1,12 +1,14 @@
 """Tests of the dataset registry: loading by path, configs, prepare, errors."""
 
 import os
+import sys
 import textwrap
 
 import ml_collections
 import numpy as np
 import pytest
 
+from deepskeleton_jax import errors
 from deepskeleton_jax.data import registry
 
 # A small builder following the datasets/ rule, written into a temporary
@@ -169,3 +171,37 @@ def test_missing_manual_files_are_reported(tmp_path, fake_datasets):
   with pytest.raises(ValueError, match='numbers.txt is missing'):
     registry.prepare(_cfg(tmp_path / 'data', manual_dir=fake_datasets))
   assert not (tmp_path / 'data').exists()
+
+
+def _beam_cfg(workers=0, options=''):
+  return ml_collections.ConfigDict({'beam_num_workers': workers,
+                                    'beam_options': options})
+
+
+def test_sequential_build_needs_no_beam(monkeypatch):
+  monkeypatch.setitem(sys.modules, 'apache_beam', None)  # import fails
+  assert registry.beam_options(_beam_cfg()) is None
+  assert registry.beam_options(ml_collections.ConfigDict({})) is None
+
+
+@pytest.mark.parametrize('workers, options', [(2, ''), (0, '--runner=FlinkRunner')])
+def test_missing_apache_beam_says_how_to_install_it(monkeypatch, workers, options):
+  monkeypatch.setitem(sys.modules, 'apache_beam', None)
+  monkeypatch.setitem(sys.modules, 'apache_beam.options', None)
+  with pytest.raises(errors.ConfigError,
+                     match=r'not installed.*pip install -r requirements-beam\.txt'):
+    registry.beam_options(_beam_cfg(workers, options))
+
+
+def test_beam_options_for_local_workers_and_clusters():
+  pytest.importorskip('apache_beam')
+  local = registry.beam_options(_beam_cfg(2)).get_all_options()
+  assert local['runner'] == 'DirectRunner'
+  assert local['direct_num_workers'] == 2
+  assert local['direct_running_mode'] == 'multi_processing'
+  cluster = registry.beam_options(_beam_cfg(
+      0, "--runner=FlinkRunner --flink_master=host:8081 --job_name='a b'"))
+  cluster = cluster.get_all_options()
+  assert cluster['runner'] == 'FlinkRunner' and cluster['job_name'] == 'a b'
+  with pytest.raises(errors.ConfigError, match='DirectRunner'):
+    registry.beam_options(_beam_cfg(2, '--runner=DataflowRunner'))

@@ -11,6 +11,7 @@ import pytest
 import scipy.io
 import tensorflow_datasets as tfds
 
+from deepskeleton_jax import errors
 from deepskeleton_jax.data import registry
 from deepskeleton_jax.geometry import camera
 
@@ -58,8 +59,12 @@ def test_json_joints_map_back_to_the_annotation(json_build, shared_data):
   with h5py.File(shared_data / 'mpii_eval' / 'valid.h5', 'r') as f:
     normalize = {n.decode(): v for n, v in zip(f['imgname'][()],
                                               f['normalize'][()])}
-  for split in ('train', 'validation'):
-    examples = _examples(builder, split)
+  # Five images: fewer than 20, so the last image's person is held out.
+  train, holdout = _examples(builder, 'train'), _examples(builder, 'holdout')
+  assert [e['image_name'].decode() for e in holdout] == [annotations[-1]['image']]
+  assert len(train) == len(annotations) - 1
+  assert builder.info.metadata['skipped_files'] == []
+  for examples in (train + holdout, _examples(builder, 'validation')):
     assert len(examples) == len(annotations)
     for ex in examples:
       a = next(a for a in annotations if a['image'] == ex['image_name'].decode())
@@ -129,7 +134,7 @@ def mat_manual(tmp_path_factory):
   root = tmp_path_factory.mktemp('mpii_mat')
   (root / 'images').mkdir()
   rng = np.random.default_rng(0)
-  for name in ('a.jpg', 'b.jpg', 'c.jpg'):
+  for name in ('a.jpg', 'b.jpg', 'c.jpg', 'd.jpg'):
     Image.fromarray(rng.integers(0, 255, (90, 120, 3), np.uint8)).save(
         root / 'images' / name)
   a0 = _rect({0: (30.0, 80.0), 9: (40.0, 10.0), 12: (50.0, 30.0)},
@@ -138,13 +143,15 @@ def mat_manual(tmp_path_factory):
   b0 = _rect({3: (60.0, 50.0), 15: (70.0, 20.0)}, (60.0, 2.0, 80.0, 14.0),
              0.35, (65.0, 40.0))
   c0 = _rect({2: (20.0, 20.0)}, (1, 1, 2, 2), 0.3, (20.0, 20.0))  # Test image.
+  d0 = _rect({7: (50.0, 40.0)}, (45.0, 5.0, 60.0, 20.0), 0.3, (50.0, 45.0))
   annolist = _struct_array([
       {'image': {'name': 'a.jpg'}, 'annorect': _struct_array([a0, a1])},
       {'image': {'name': 'b.jpg'}, 'annorect': _struct_array([b0])},
       {'image': {'name': 'c.jpg'}, 'annorect': _struct_array([c0])},
+      {'image': {'name': 'd.jpg'}, 'annorect': _struct_array([d0])},
   ])
   scipy.io.savemat(root / 'mpii_human_pose_v1_u12_1.mat', {'RELEASE': {
-      'annolist': annolist, 'img_train': np.array([1, 1, 0])}})
+      'annolist': annolist, 'img_train': np.array([1, 1, 0, 1])}})
   with h5py.File(root / 'valid.h5', 'w') as f:
     f['index'] = np.array([1.0])
     f['person'] = np.array([0.0])
@@ -158,8 +165,10 @@ def test_mat_route_splits_coordinates_and_head_boxes(mat_manual, tmp_path):
   builder = _build(mat_manual, tmp_path, annotation_format='mat', crop_size=64)
   train = _examples(builder, 'train')
   valid = _examples(builder, 'validation')
+  holdout = _examples(builder, 'holdout')
   assert [(e['image_name'], e['frame']) for e in train] == [(b'a.jpg', 0)]
   assert [(e['image_name'], e['frame']) for e in valid] == [(b'b.jpg', 0)]
+  assert [(e['image_name'], e['frame']) for e in holdout] == [(b'd.jpg', 0)]
   for ex, joints, head, scale, objpos in (
       (train[0], {0: (30, 80), 9: (40, 10), 12: (50, 30)}, (30, 5, 50, 20),
        0.4, (40, 45)),
@@ -195,27 +204,51 @@ def test_missing_files_are_listed(mat_manual, tmp_path, shared_data):
     _build(root, tmp_path / 'd3', annotation_format='mat')
 
 
-def test_corrupt_image_is_named_and_bad_joints_rejected(shared_data, tmp_path,
-                                                       caplog):
+def test_bad_joints_rejected_and_corrupt_images_skipped_or_strict(
+    shared_data, tmp_path, caplog):
   root = tmp_path / 'm'
   annotations = _json_manual(shared_data, root)
   annotations[2]['joints'][4] = [1e7, 3.0]  # Far outside the image.
   (root / 'train.json').write_text(json.dumps(annotations))
   with caplog.at_level(logging.WARNING):
     builder = _build(root, tmp_path / 'ok', crop_size=32)
-  assert len(_examples(builder, 'train')) == len(annotations) - 1
+  assert len(_examples(builder, 'train') + _examples(builder, 'holdout')) == (
+      len(annotations) - 1)
   assert len(_examples(builder, 'validation')) == len(annotations)
   assert 'rejected 1 invalid examples' in caplog.text
+  assert builder.info.metadata['rejected_examples'] == 1
   assert f'{len(annotations)} of {len(annotations)} persons have no head size' \
       in caplog.text
   bad = root / 'images' / annotations[3]['image']
   bad.write_bytes(b'not a jpeg')
-  with pytest.raises(ValueError, match=str(bad)):
-    _build(root, tmp_path / 'bad', crop_size=32)
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    builder = _build(root, tmp_path / 'skip', crop_size=32)
+  assert builder.info.metadata['skipped_files'] == [str(bad)]
+  assert f'skipping {bad}' in caplog.text
+  assert annotations[3]['image'].encode() not in {
+      e['image_name'] for e in _examples(builder, 'validation')}
+  assert len(_examples(builder, 'validation')) == len(annotations) - 1
+  with pytest.raises(errors.InputError, match=str(bad)):
+    _build(root, tmp_path / 'bad', crop_size=32, strict=True)
   assert not list((tmp_path / 'bad').rglob('dataset_info.json'))
   assert not list((tmp_path / 'bad').rglob('*array_record*'))
 
 
+def test_holdout_is_every_20th_training_image_with_all_its_persons():
+  persons = [mpii.Person(f'{i:03d}.jpg', k, np.zeros(2), 1.0, np.zeros((16, 2)),
+                         np.ones(16, bool)) for i in range(45) for k in range(1 + i % 3)]
+  images = list(dict.fromkeys(p.image for p in persons))
+  train, holdout = mpii.split_holdout(persons, 20)
+  assert {p.image for p in holdout} == {images[19], images[39]}
+  assert len(holdout) == sum(p.image in (images[19], images[39]) for p in persons)
+  assert sorted((p.image, p.person) for p in train + holdout) == sorted(
+      (p.image, p.person) for p in persons)
+  assert not {p.image for p in train} & {p.image for p in holdout}
+
+
 def test_config_validation():
-  with pytest.raises(ValueError, match='annotation_format'):
+  with pytest.raises(errors.ConfigError, match='annotation_format'):
     mpii.MpiiConfig(name='x', annotation_format='xml')
+  with pytest.raises(errors.ConfigError, match='holdout_every'):
+    mpii.MpiiConfig(name='x', holdout_every=1)

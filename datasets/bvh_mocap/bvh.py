@@ -99,14 +99,27 @@ def parse(text: str, name: str = '<string>') -> Motion:
                        if l.strip().upper() == 'MOTION')
   except StopIteration:
     raise _error(name, 'no MOTION section') from None
-  tokens = ' '.join(lines[:motion_line]).split()
+  names, parents, offsets, channels = _parse_hierarchy(
+      ' '.join(lines[:motion_line]).split(), name)
+  sizes = [len(c) for c in channels]
+  frames, frame_time = _parse_motion(lines[motion_line + 1:], sum(sizes), name)
+  return Motion(
+      names=tuple(names), parents=np.asarray(parents, np.int32),
+      offsets=np.asarray(offsets, np.float64), channels=tuple(channels),
+      channel_start=np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int32),
+      frames=frames, frame_time=frame_time)
+
+
+def _parse_hierarchy(tokens: list[str], name: str
+                     ) -> tuple[list[str], list[int], list, list[tuple[str, ...]]]:
+  """(names, parents, offsets, channels) of the HIERARCHY tokens."""
   if not tokens or tokens[0] != 'HIERARCHY':
     raise _error(name, 'expected HIERARCHY at the start')
   names, parents, offsets, channels = [], [], [], []
   stack = []  # Indices of the joints whose braces are open.
   pos = 1
   pending = None  # The name of a joint whose '{' comes next.
-  tokens.append('<end of HIERARCHY>')  # Reading past the end hits a bad token.
+  tokens = tokens + ['<end of HIERARCHY>']  # Reading past the end hits a bad token.
   try:
     while pos < len(tokens) - 1:
       tok = tokens[pos]
@@ -139,13 +152,7 @@ def parse(text: str, name: str = '<string>') -> Motion:
         offsets[stack[-1]] = [_number(t, name) for t in tokens[pos + 1:pos + 4]]
         pos += 4
       elif tok == 'CHANNELS':
-        n = int(_number(tokens[pos + 1], name))
-        chans = tuple(tokens[pos + 2:pos + 2 + n])
-        for c in chans:
-          if c[0] not in _AXES or c[1:] not in ('position', 'rotation'):
-            raise _error(name, f'unknown channel {c!r}')
-        channels[stack[-1]] = chans
-        pos += 2 + n
+        channels[stack[-1]], pos = _parse_channels(tokens, pos, name)
       else:
         raise _error(name, f'unexpected token {tok!r} in HIERARCHY')
   except IndexError:
@@ -154,8 +161,24 @@ def parse(text: str, name: str = '<string>') -> Motion:
     raise _error(name, 'unbalanced braces or no joints in HIERARCHY')
   if any(o is None or len(o) != 3 for o in offsets):
     raise _error(name, 'a joint lacks a 3-value OFFSET')
+  return names, parents, offsets, channels
 
-  header = lines[motion_line + 1:motion_line + 3]
+
+def _parse_channels(tokens: list[str], pos: int, name: str
+                    ) -> tuple[tuple[str, ...], int]:
+  """The channels of `CHANNELS n c1 .. cn` at `pos`, and the next position."""
+  n = int(_number(tokens[pos + 1], name))
+  chans = tuple(tokens[pos + 2:pos + 2 + n])
+  for c in chans:
+    if c[0] not in _AXES or c[1:] not in ('position', 'rotation'):
+      raise _error(name, f'unknown channel {c!r}')
+  return chans, pos + 2 + n
+
+
+def _parse_motion(lines: list[str], num_channels: int, name: str
+                  ) -> tuple[np.ndarray, float]:
+  """([F, C] frames, frame time) of the lines after MOTION."""
+  header = lines[:2]
   try:
     key0, n_frames = header[0].split(':')
     key1, frame_time = header[1].split(':')
@@ -165,9 +188,7 @@ def parse(text: str, name: str = '<string>') -> Motion:
   except (IndexError, ValueError):
     raise _error(name, 'expected "Frames: F" and "Frame Time: dt" after '
                  'MOTION') from None
-  sizes = [len(c) for c in channels]
-  num_channels = sum(sizes)
-  rows = [l for l in lines[motion_line + 3:] if l.strip()]
+  rows = [l for l in lines[2:] if l.strip()]
   if len(rows) < n_frames:
     raise _error(name, f'Frames: {n_frames} but {len(rows)} frame lines')
   try:
@@ -179,11 +200,7 @@ def parse(text: str, name: str = '<string>') -> Motion:
   if frames.shape[1] != num_channels:
     raise _error(name, f'frame lines hold {frames.shape[1]} values, the '
                  f'hierarchy has {num_channels} channels')
-  return Motion(
-      names=tuple(names), parents=np.asarray(parents, np.int32),
-      offsets=np.asarray(offsets, np.float64), channels=tuple(channels),
-      channel_start=np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int32),
-      frames=frames, frame_time=frame_time)
+  return frames, frame_time
 
 
 def load(path: str | os.PathLike) -> Motion:

@@ -5,6 +5,13 @@ Nothing of the real dataset is used: poses are a hand-made standing figure
 sways from frame to frame; videos show white dots at the joints' distorted
 projections through the published cameras on a dark background; CDF files
 hold the variable `Pose` with shape (1, frames, 96) like the release.
+
+Names and shapes follow the official release: subjects S1 S5 S6 S7 S8 S9
+S11, the four camera ids, mp4 videos at 50 fps of the published frame sizes
+(1000x1002 for 54138969 and 60457274, 1000x1000 for 55011271 and 58860488),
+action names with their take suffixes ('Walking', 'Walking 1', 'SittingDown
+2', ...), both spellings Photo/TakingPhoto and WalkDog/WalkingDog, and, where
+asked, `D3_Positions_mono/<Action>.<camera_id>.cdf` camera-frame positions.
 """
 
 import pathlib
@@ -14,8 +21,30 @@ import cdflib.cdfwrite
 import cv2
 import numpy as np
 
-from . import h36m_cameras
 from deepskeleton_jax.geometry import skeleton
+from . import h36m_cameras
+
+FPS = 50
+
+# Sequence names (CDF stems) of the kind the release has, per subject: several
+# takes per action, S1's 'TakingPhoto'/'WalkingDog' and the others' 'Photo'/
+# 'WalkDog', and S11's 'Directions' (the sequence the build drops).
+RELEASE_ACTIONS: dict[str, tuple[str, ...]] = {
+    'S1': ('Walking', 'Walking 1', 'TakingPhoto', 'TakingPhoto 1',
+           'WalkingDog 1', 'SittingDown 2'),
+    'S5': ('Walking 1', 'Photo', 'Photo 2', 'WalkDog', 'WalkTogether 1',
+           'SittingDown 2'),
+    'S9': ('Walking', 'Walking 1', 'Photo 1', 'WalkDog 1', 'WalkTogether 1',
+           'SittingDown'),
+    'S11': ('Directions', 'Directions 1', 'Walking 1', 'Photo 1', 'WalkDog',
+            'SittingDown 2'),
+}
+
+# Videos spelled unlike their CDF (the release mixes the two spellings).
+VIDEO_SPELLINGS: dict[tuple[str, str], str] = {
+    ('S5', 'Photo 2'): 'TakingPhoto 2',
+    ('S9', 'WalkDog 1'): 'WalkingDog 1',
+}
 
 # The 16 joints of skeleton.JOINT_NAMES for a standing figure facing -y
 # (x to its left is the world's +x), millimetres, z up.
@@ -43,7 +72,11 @@ def world_poses(num_frames: int, seed: int) -> np.ndarray:
   base = template_pose() + [rng.uniform(-300, 300), rng.uniform(-300, 300), 0]
   t = np.arange(num_frames)[:, None, None]
   sway = np.sin(t * 0.7 + np.arange(32)[None, :, None]) * [40.0, 30.0, 10.0]
-  return (base[None] + sway + t * [15.0, -10.0, 0.0]).astype(np.float32)
+  # A walk about the capture area (about 15 mm per frame at first) that stays
+  # in every camera's view however long the video.
+  walk = np.concatenate([800 * np.sin(t / 53.0), -600 * np.sin(t / 59.0),
+                         np.zeros_like(t, np.float64)], axis=-1)
+  return (base[None] + sway + walk).astype(np.float32)
 
 
 def write_cdf(path: pathlib.Path, poses: np.ndarray) -> None:
@@ -56,18 +89,35 @@ def write_cdf(path: pathlib.Path, poses: np.ndarray) -> None:
   cdf.close()
 
 
+def _backgrounds(width: int, height: int, textured: bool) -> list[np.ndarray]:
+  """Frame backgrounds: flat dark grey, or a texture with sensor-like noise
+  (7 noise draws, cycled), so that decoding costs about what real video does."""
+  if not textured:
+    return [np.full((height, width, 3), 40, np.uint8)]
+  yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+  base = (70 + 25 * np.sin(xx / 37) + 25 * np.cos(yy / 23) +
+          20 * np.sin((xx + yy) / 9))[..., None].repeat(3, axis=-1)
+  rng = np.random.default_rng(0)
+  return [np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
+          for _ in range(7)]
+
+
 def write_video(path: pathlib.Path, subject: str, camera_id: str,
-                poses: np.ndarray, radius: int = 6) -> None:
-  """Writes an mp4 ('mp4v') with dots at the 16 joints' projections."""
+                poses: np.ndarray, radius: int = 6, textured: bool = False
+                ) -> None:
+  """Writes an mp4 ('mp4v', 50 fps, the camera's published frame size) with
+  dots at the 16 joints' projections (on a textured, noisy background if
+  `textured`, for benchmarks)."""
   cam = h36m_cameras.get_camera(subject, camera_id)
   joints = poses[:, skeleton.H36M32_TO_SKELETON].astype(np.float64)
   uv = cam.project(cam.world_to_camera(joints))
-  writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'mp4v'), 50,
+  writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'mp4v'), FPS,
                            (cam.width, cam.height))
   if not writer.isOpened():
     raise RuntimeError(f'{path}: OpenCV cannot write mp4v videos here')
-  for points in uv:
-    frame = np.full((cam.height, cam.width, 3), 40, np.uint8)
+  backgrounds = _backgrounds(cam.width, cam.height, textured)
+  for i, points in enumerate(uv):
+    frame = backgrounds[i % len(backgrounds)].copy()
     for x, y in points:
       # Continuous pixel (x, y) lies in OpenCV's integer pixel (x - .5, y - .5).
       cv2.circle(frame, (int(round(x - 0.5)), int(round(y - 0.5))), radius,
@@ -76,35 +126,75 @@ def write_video(path: pathlib.Path, subject: str, camera_id: str,
   writer.release()
 
 
-def make_release(root: pathlib.Path, actions: dict[str, Sequence[str]],
-                 cameras: Sequence[str], num_frames: int = 8,
-                 video_frames: dict[tuple[str, str, str], int] | None = None
+def write_mono_cdf(path: pathlib.Path, subject: str, camera_id: str,
+                   poses: np.ndarray, error_mm: float = 0.0) -> None:
+  """Writes D3_Positions_mono: `poses` in the camera's frame (+ an error).
+
+  Args:
+    path: the .cdf file.
+    subject, camera_id: the published camera.
+    poses: [F, 32, 3] world mm.
+    error_mm: shifts one joint (the head top) of every frame by this many mm
+      along x, to make an inconsistent file.
+  """
+  cam = h36m_cameras.get_camera(subject, camera_id)
+  mono = cam.world_to_camera(np.asarray(poses, np.float64))
+  mono[:, skeleton.H36M32_TO_SKELETON[skeleton.JOINT_INDEX['head_top']], 0] += error_mm
+  write_cdf(path, mono)
+
+
+def make_release(root: pathlib.Path,
+                 actions: dict[str, Sequence[str]] | None = None,
+                 cameras: Sequence[str] = h36m_cameras.CAMERA_IDS,
+                 num_frames: int = 8,
+                 video_frames: dict[tuple[str, str, str], int] | None = None,
+                 video_names: dict[tuple[str, str], str] | None = None,
+                 mono: bool = False,
+                 mono_error_mm: dict[tuple[str, str, str], float] | None = None,
+                 textured: bool = False,
                  ) -> dict[tuple[str, str], np.ndarray]:
   """Writes a fake release under `root`.
 
   Args:
     root: the manual_dir to fill.
-    actions: per subject (e.g. 'S1') its action names (e.g. 'Walking 1').
+    actions: per subject (e.g. 'S1') its sequence names (e.g. 'Walking 1');
+      default RELEASE_ACTIONS.
     cameras: camera ids to write videos for.
-    num_frames: frames per CDF.
+    num_frames: frames per CDF (or a dict subject -> frames).
     video_frames: optional (subject, action, camera) -> number of video frames
       (default `num_frames`), to make short videos.
+    video_names: (subject, action) -> the action as the video file spells it
+      (default VIDEO_SPELLINGS; only for the sequences written).
+    mono: also write D3_Positions_mono files.
+    mono_error_mm: (subject, action, camera) -> error of that mono file.
+    textured: textured, noisy video backgrounds (benchmarks; slower to write).
 
   Returns:
     (subject, action) -> the float32 world poses [num_frames, 32, 3] written.
   """
+  actions = RELEASE_ACTIONS if actions is None else actions
+  video_names = VIDEO_SPELLINGS if video_names is None else video_names
   video_frames = video_frames or {}
+  mono_error_mm = mono_error_mm or {}
   poses = {}
   for s_index, (subject, names) in enumerate(sorted(actions.items())):
-    pose_dir = root / subject / 'MyPoseFeatures' / 'D3_Positions'
+    features = root / subject / 'MyPoseFeatures'
     video_dir = root / subject / 'Videos'
-    pose_dir.mkdir(parents=True, exist_ok=True)
-    video_dir.mkdir(parents=True, exist_ok=True)
+    for d in (features / 'D3_Positions', video_dir) + (
+        (features / 'D3_Positions_mono',) if mono else ()):
+      d.mkdir(parents=True, exist_ok=True)
     for a_index, action in enumerate(names):
-      world = world_poses(num_frames, seed=100 * s_index + a_index)
-      write_cdf(pose_dir / f'{action}.cdf', world)
+      n = num_frames[subject] if isinstance(num_frames, dict) else num_frames
+      world = world_poses(n, seed=100 * s_index + a_index)
+      write_cdf(features / 'D3_Positions' / f'{action}.cdf', world)
+      video_action = video_names.get((subject, action), action)
       for cam in cameras:
-        n = video_frames.get((subject, action, cam), num_frames)
-        write_video(video_dir / f'{action}.{cam}.mp4', subject, cam, world[:n])
+        m = video_frames.get((subject, action, cam), n)
+        write_video(video_dir / f'{video_action}.{cam}.mp4', subject, cam,
+                    world[:m], textured=textured)
+        if mono:
+          write_mono_cdf(features / 'D3_Positions_mono' / f'{action}.{cam}.cdf',
+                         subject, cam, world,
+                         mono_error_mm.get((subject, action, cam), 0.0))
       poses[subject, action] = world
   return poses

@@ -9,12 +9,19 @@ Manual download: the images and either annotation form into `manual_dir`:
                                                  'json': optional (head sizes)
   <manual_dir>/<pseudo_3d_file>                  optional pseudo-3D joints
 
-Splits: `train` and `validation`, the standard 2958-person validation set of
-Tompson et al. 2015 (taken from the training images). JSON route: the
-persons of `train_file` / `valid_file`. MAT route: `validation` = the persons
-(`index` = 0-based image index into `annolist`, `person` = 0-based `annorect`
-index) listed in `valid_h5` (hourglass format, like shared/data/mpii_eval);
-`train` = every other annotated person of the `img_train == 1` images.
+Splits: `train`, `holdout` and `validation`, the standard 2958-person
+validation set of Tompson et al. 2015 (taken from the training images), which
+the PCKh evaluation uses. JSON route: the persons of `train_file` /
+`valid_file`. MAT route: `validation` = the persons (`index` = 0-based image
+index into `annolist`, `person` = 0-based `annorect` index) listed in
+`valid_h5` (hourglass format, like shared/data/mpii_eval); `train` = every
+other annotated person of the `img_train == 1` images.
+`holdout` (the plateau schedule's validation split, so that training never
+sees the PCKh persons): the persons of every `holdout_every`-th image (default
+20: the 20th, 40th, ... in the order the training persons list their images;
+the last image if there are fewer) among the training persons, taken out of
+`train`; persons of one image stay together, and no `validation` person is
+ever in it.
 
 Coordinates: both the .mat and the common JSON files (`joints`, `center`)
 hold 1-based MATLAB pixel coordinates (the JSON joints equal the official
@@ -35,6 +42,16 @@ Head size (PCKh normaliser, 0.6 x head box diagonal, stored in crop pixels):
 `normalize` for persons it lists (matched by image and joints), else 0 with
 a logged count.
 
+Bad files (`strict`, default False): an unreadable or undecodable image is
+skipped with its persons, named in the log and listed in the dataset's
+metadata (`builder.info.metadata['skipped_files']`); `strict=True` fails on
+the first one with an error naming it. Missing files are listed before
+anything is written.
+
+Beam (`--config.data.beam_num_workers=N` or `--config.data.beam_options=...`,
+see `registry.prepare`): one unit of work per shard of `_IMAGES_PER_UNIT`
+consecutive images; the same examples as the sequential build.
+
 Pseudo-3D (optional): `pseudo_3d_file`, an .npz (path relative to
 `manual_dir`, or absolute) with one [16, 3] millimetre array per person keyed
 '<image name>#<person index>', the person index being the stored `frame`
@@ -44,8 +61,10 @@ the annotation file). Persons without an entry get has_3d False.
 
 import collections
 import dataclasses
+import functools
 import json
 import pathlib
+from typing import Any, Iterator
 
 from absl import logging
 import h5py
@@ -53,6 +72,8 @@ import numpy as np
 import scipy.io
 import tensorflow_datasets as tfds
 
+from deepskeleton_jax import errors
+from deepskeleton_jax.data import build_units
 from deepskeleton_jax.data import example_format
 from deepskeleton_jax.data import image_ops
 from deepskeleton_jax.geometry import skeleton
@@ -70,6 +91,7 @@ _LAYOUT = """\
   <pseudo_3d_file>.npz           optional pseudo-3D joints"""
 
 _MAX_LISTED = 30
+_IMAGES_PER_UNIT = 50
 
 
 @dataclasses.dataclass(eq=False)
@@ -86,16 +108,20 @@ class MpiiConfig(tfds.core.BuilderConfig):
   crop_scale: float = 1.5
   box_scale_factor: float = 1.25
   center_shift: float = 15.0
+  holdout_every: int = 20
+  strict: bool = False
 
   def __post_init__(self):
+    if int(self.holdout_every) < 2:
+      raise errors.ConfigError(f'holdout_every must be >= 2, got {self.holdout_every}')
     if self.annotation_format not in ('json', 'mat'):
-      raise ValueError("annotation_format must be 'json' or 'mat', got "
+      raise errors.ConfigError("annotation_format must be 'json' or 'mat', got "
                        f'{self.annotation_format!r}')
     if int(self.crop_size) < 1:
-      raise ValueError(f'crop_size must be >= 1, got {self.crop_size}')
+      raise errors.ConfigError(f'crop_size must be >= 1, got {self.crop_size}')
     for f in ('crop_scale', 'box_scale_factor'):
       if not float(getattr(self, f)) > 0:
-        raise ValueError(f'{f} must be positive, got {getattr(self, f)}')
+        raise errors.ConfigError(f'{f} must be positive, got {getattr(self, f)}')
 
 
 @dataclasses.dataclass
@@ -115,16 +141,16 @@ def read_json(path: pathlib.Path) -> list[Person]:
   try:
     entries = json.loads(path.read_text())
   except (OSError, ValueError) as e:
-    raise ValueError(f'{path}: not a readable JSON file ({e})') from e
+    raise errors.InputError(f'{path}: not a readable JSON file ({e})') from e
   if not isinstance(entries, list):
-    raise ValueError(f'{path}: expected a JSON list of persons')
+    raise errors.InputError(f'{path}: expected a JSON list of persons')
   counts = collections.Counter()
   persons = []
   for k, a in enumerate(entries):
     need = ('image', 'center', 'scale', 'joints', 'joints_vis')
     lacking = [f for f in need if not isinstance(a, dict) or f not in a]
     if lacking:
-      raise ValueError(f'{path}: entry {k} lacks {lacking} (expected the keys '
+      raise errors.InputError(f'{path}: entry {k} lacks {lacking} (expected the keys '
                        f'{need})')
     try:
       joints = np.asarray(a['joints'], np.float64).reshape(K, 2)
@@ -132,7 +158,7 @@ def read_json(path: pathlib.Path) -> list[Person]:
       center = np.asarray(a['center'], np.float64).reshape(2)
       scale = float(a['scale'])
     except (TypeError, ValueError) as e:
-      raise ValueError(f'{path}: entry {k}: expected joints (16, 2), '
+      raise errors.InputError(f'{path}: entry {k}: expected joints (16, 2), '
                        f'joints_vis (16,), center (2,), scale ({e})') from e
     image = str(a['image'])
     persons.append(Person(image, counts[image], center - 0.5, scale,
@@ -178,7 +204,7 @@ def read_mat(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
             np.atleast_1d(np.asarray(release.img_train)).astype(int))
   except Exception as e:  # pylint: disable=broad-except
     # scipy raises many kinds of errors on damaged files; name the file.
-    raise ValueError(f'{path}: not the MPII annotation .mat (a struct RELEASE '
+    raise errors.InputError(f'{path}: not the MPII annotation .mat (a struct RELEASE '
                      f'with annolist and img_train) ({type(e).__name__}: {e})'
                      ) from e
 
@@ -190,7 +216,7 @@ def read_valid_h5(path: pathlib.Path) -> dict[str, np.ndarray]:
       out = {k: f[k][()] for k in ('index', 'person', 'imgname', 'part',
                                    'normalize')}
   except (OSError, KeyError) as e:
-    raise ValueError(f'{path}: expected an HDF5 file with index, person, '
+    raise errors.InputError(f'{path}: expected an HDF5 file with index, person, '
                      f'imgname, part, normalize ({e})') from e
   out['imgname'] = np.array([n.decode() if isinstance(n, bytes) else str(n)
                              for n in out['imgname']])
@@ -209,7 +235,7 @@ def mat_persons(annolist: np.ndarray, img_train: np.ndarray,
     person = (person_from_rect(annolist[i].image.name, p, rects[p])
               if p < len(rects) else None)
     if person is None:
-      raise ValueError(f'{valid_path}: image {i} person {p} has no annotated '
+      raise errors.InputError(f'{valid_path}: image {i} person {p} has no annotated '
                        f'person in {mat_path} (mismatched files?)')
     validation.append(person)
   held_out = set(valid_pairs)
@@ -252,11 +278,16 @@ def attach_head_sizes(persons: list[Person], valid: dict[str, np.ndarray]
   return matched
 
 
-class Mpii(tfds.core.GeneratorBasedBuilder):
+class Mpii(build_units.BeamAware, tfds.core.GeneratorBasedBuilder):
   """MPII Human Pose person crops (2D joints, head sizes, optional 3D)."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'Initial release.',
+      '1.1.0': "A 'holdout' split (the persons of every holdout_every-th "
+               'training image); unreadable images skipped and listed in the '
+               'metadata unless strict; Beam builds.',
+  }
   BUILDER_CONFIGS = [MpiiConfig(name='default')]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Download the images and annotations from '
@@ -267,7 +298,7 @@ class Mpii(tfds.core.GeneratorBasedBuilder):
     super().__init__(file_format=file_format, **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return example_format.dataset_info(
+    return build_units.dataset_info(
         self, description=__doc__, homepage='http://human-pose.mpi-inf.mpg.de',
         citation='@inproceedings{andriluka14cvpr, author = {Andriluka, Mykhaylo '
         'and Pishchulin, Leonid and Gehler, Peter and Schiele, Bernt}, title = '
@@ -315,50 +346,118 @@ class Mpii(tfds.core.GeneratorBasedBuilder):
     if missing:
       self._raise_missing(root, missing)
     pseudo = _read_pseudo_3d(pseudo_path) if pseudo_path else {}
-    return {'train': self._generate_examples(root, train, pseudo),
-            'validation': self._generate_examples(root, validation, pseudo)}
+    train, holdout = split_holdout(train, cfg.holdout_every)
+    units = [shard for split, persons in (('train', train), ('holdout', holdout),
+                                          ('validation', validation))
+             for shard in shards(root / cfg.images_dir, persons, pseudo, split)]
+    return self._units('mpii', units, functools.partial(process_shard, cfg),
+                       ('train', 'holdout', 'validation'), cfg.strict)
 
   def _raise_missing(self, root: pathlib.Path, missing: list[str]):
     listed = '\n  '.join(missing[:_MAX_LISTED])
     more = (f'\n  ... and {len(missing) - _MAX_LISTED} more'
             if len(missing) > _MAX_LISTED else '')
-    raise ValueError(
+    raise errors.InputError(
         f'{root} lacks {len(missing)} files or folders that the MPII build '
         f'(annotation_format={self.builder_config.annotation_format!r}) '
         f'needs:\n  {listed}{more}\nExpected layout:\n{_LAYOUT}')
 
-  def _generate_examples(self, root: pathlib.Path, persons: list[Person],
-                         pseudo: dict[str, np.ndarray]):
-    cfg = self.builder_config
-    rejected = with_3d = 0
-    name, image = None, None
-    for person in persons:
-      if person.image != name:
-        name = person.image
-        image = image_ops.read_image(root / cfg.images_dir / name)
-      key = f'{person.image}#{person.person}'
-      joints_3d = pseudo.get(key)
-      try:
-        _check_joints(person, image.shape)
-        center = person.center + (0.0, cfg.center_shift * person.scale)
-        example = example_format.make_example(
-            image, center=center,
-            box_size=person.scale * 200.0 * cfg.box_scale_factor,
-            crop_size=cfg.crop_size, crop_scale=cfg.crop_scale,
-            joints_2d=person.joints, visible=person.visible,
-            joints_3d=joints_3d, head_size=person.head_size,
-            image_name=person.image, frame=person.person)
-      except example_format.InvalidExample:
-        rejected += 1
-        continue
-      with_3d += joints_3d is not None
-      yield key, example
-    if pseudo:
-      logging.info('mpii: %d of %d persons have pseudo-3D joints', with_3d,
-                   len(persons))
+  def _summarize(self, records: dict[str, list[Any]]) -> None:
+    rejected = sum(records.get('rejected_examples', []))
+    with_3d = records.get('with_3d', [])
+    self.info.metadata['rejected_examples'] = rejected
+    if with_3d:
+      logging.info('mpii: %d of %d persons have pseudo-3D joints',
+                   sum(w for w, _ in with_3d), sum(n for _, n in with_3d))
     if rejected:
       logging.warning('mpii: rejected %d invalid examples (NaN or '
                       'out-of-range joints, or a bad box)', rejected)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageShard:
+  """One unit of work: the persons of consecutive images of one split."""
+  images_dir: pathlib.Path
+  persons: tuple[Person, ...]
+  pseudo: dict[str, np.ndarray]  # The pseudo-3D entries of these persons.
+  splits: tuple[str, ...]
+
+
+def split_holdout(train: list[Person], every: int
+                  ) -> tuple[list[Person], list[Person]]:
+  """(train, holdout): the persons of every `every`-th image are held out."""
+  order = list(dict.fromkeys(p.image for p in train))
+  if len(order) < 2:
+    raise errors.InputError(
+        f'the training persons come from {len(order)} image(s); the holdout '
+        'split needs at least 2 training images')
+  held = set(order[every - 1::every]) or set(order[-1:])
+  return ([p for p in train if p.image not in held],
+          [p for p in train if p.image in held])
+
+
+def shards(images_dir: pathlib.Path, persons: list[Person],
+           pseudo: dict[str, np.ndarray], split: str) -> list[ImageShard]:
+  """Units of `_IMAGES_PER_UNIT` images (persons of an image stay together)."""
+  by_image = collections.defaultdict(list)
+  for p in persons:
+    by_image[p.image].append(p)
+  images = list(by_image)
+  units = []
+  for start in range(0, len(images), _IMAGES_PER_UNIT):
+    group = [p for name in images[start:start + _IMAGES_PER_UNIT]
+             for p in by_image[name]]
+    keys = [f'{p.image}#{p.person}' for p in group]
+    units.append(ImageShard(images_dir, tuple(group),
+                            {k: pseudo[k] for k in keys if k in pseudo},
+                            (split,)))
+  return units
+
+
+def process_shard(cfg: MpiiConfig, unit: ImageShard) -> Iterator[tuple]:
+  """The examples of one shard of images, and side records.
+
+  An unreadable image is skipped with its persons (a `skipped_files`
+  record) unless `cfg.strict`, when its error (naming it) propagates.
+  """
+  rejected = with_3d = 0
+  name, image = None, None
+  for person in unit.persons:
+    if person.image != name:
+      name = person.image
+      path = unit.images_dir / name
+      try:
+        image = image_ops.read_image(path)
+      except errors.InputError as e:
+        if cfg.strict:
+          raise build_units.BadFileError(path, str(e).removeprefix(f'{path}: ')
+                                         ) from e
+        logging.warning('skipping %s (strict=False): %s', path, e)
+        yield build_units.side(build_units.SKIPPED, str(path))
+        image = None
+    if image is None:
+      continue
+    key = f'{person.image}#{person.person}'
+    joints_3d = unit.pseudo.get(key)
+    try:
+      _check_joints(person, image.shape)
+      center = person.center + (0.0, cfg.center_shift * person.scale)
+      example = example_format.make_example(
+          image, center=center,
+          box_size=person.scale * 200.0 * cfg.box_scale_factor,
+          crop_size=cfg.crop_size, crop_scale=cfg.crop_scale,
+          joints_2d=person.joints, visible=person.visible,
+          joints_3d=joints_3d, head_size=person.head_size,
+          image_name=person.image, frame=person.person)
+    except example_format.InvalidExample:
+      rejected += 1
+      continue
+    with_3d += joints_3d is not None
+    yield unit.splits[0], key, example
+  if unit.pseudo:
+    yield build_units.side('with_3d', [with_3d, len(unit.persons)])
+  if rejected:
+    yield build_units.side('rejected_examples', rejected)
 
 
 def _read_pseudo_3d(path: pathlib.Path) -> dict[str, np.ndarray]:
@@ -367,11 +466,11 @@ def _read_pseudo_3d(path: pathlib.Path) -> dict[str, np.ndarray]:
     with np.load(path) as data:
       out = {k: np.asarray(data[k], np.float32) for k in data.files}
   except (OSError, ValueError) as e:
-    raise ValueError(f'{path}: not a readable .npz of pseudo-3D joints ({e})'
+    raise errors.InputError(f'{path}: not a readable .npz of pseudo-3D joints ({e})'
                      ) from e
   for key, value in out.items():
     if value.shape != (K, 3) or '#' not in key:
-      raise ValueError(f'{path}: entry {key!r} has shape {value.shape}; '
+      raise errors.InputError(f'{path}: entry {key!r} has shape {value.shape}; '
                        "expected keys '<image name>#<person index>' with "
                        f'[{K}, 3] arrays (mm)')
   return out

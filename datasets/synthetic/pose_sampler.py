@@ -108,6 +108,20 @@ def sample_angles(rng: np.random.Generator, family: str) -> dict[str, float]:
   """
   if family not in POSE_FAMILIES:
     raise ValueError(f'family must be one of {POSE_FAMILIES}, got {family!r}')
+  a = _neutral_angles(rng)
+  # The active side (which arm reaches, which leg kicks).
+  m, o = ('l', 'r') if rng.random() < 0.5 else ('r', 'l')
+  _family_angles(rng, a, family, m, o)
+  out = {}
+  for name, value in a.items():
+    base = name[2:] if name[:2] in ('l_', 'r_') and name[2:] in _SIDED else name
+    lo, hi = ANGLE_LIMITS[base]
+    out[name] = float(np.clip(value + rng.normal(0.0, 4.0), lo, hi))
+  return out
+
+
+def _neutral_angles(rng: np.random.Generator) -> dict[str, float]:
+  """A relaxed standing pose with small random variations (degrees)."""
   a = {'pelvis_tilt': _u(rng, -3, 8), 'spine_flex': _u(rng, -5, 12),
        'spine_lat': rng.normal(0, 5), 'spine_twist': rng.normal(0, 8),
        'neck_flex': _u(rng, -15, 25), 'neck_lat': rng.normal(0, 8),
@@ -117,8 +131,19 @@ def sample_angles(rng: np.random.Generator, family: str) -> dict[str, float]:
               f'{s}_hip_rot': rng.normal(0, 8), f'{s}_knee': _u(rng, 0, 12),
               f'{s}_sh_flex': _u(rng, -15, 25), f'{s}_sh_abd': _u(rng, 8, 35),
               f'{s}_sh_rot': rng.normal(0, 15), f'{s}_elbow': _u(rng, 0, 40)})
-  # The active side (which arm reaches, which leg kicks).
-  m, o = ('l', 'r') if rng.random() < 0.5 else ('r', 'l')
+  return a
+
+
+def _family_angles(rng: np.random.Generator, a: dict[str, float], family: str,
+                   m: str, o: str) -> None:
+  """Overwrites the angles of `a` that pose family `family` sets.
+
+  Args:
+    rng: numpy random generator.
+    a: angles (degrees) to update in place.
+    family: one of `POSE_FAMILIES`.
+    m, o: the active side ('l' or 'r') and the other side.
+  """
   if family == 'Walk':
     phase, amp = _u(rng, 0, 2 * np.pi), _u(rng, 15, 35)
     for s, sign in (('l', 1.0), ('r', -1.0)):
@@ -171,12 +196,6 @@ def sample_angles(rng: np.random.Generator, family: str) -> dict[str, float]:
     a[f'{o}_knee'] = _u(rng, 0, 20)
     for s in 'lr':
       a[f'{s}_sh_abd'] = _u(rng, 20, 75)
-  out = {}
-  for name, value in a.items():
-    base = name[2:] if name[:2] in ('l_', 'r_') and name[2:] in _SIDED else name
-    lo, hi = ANGLE_LIMITS[base]
-    out[name] = float(np.clip(value + rng.normal(0.0, 4.0), lo, hi))
-  return out
 
 
 def _rx(deg):

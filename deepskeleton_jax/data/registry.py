@@ -21,11 +21,14 @@ Datasets are written as `array_record` and read with grain through
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib
 import os
 import pathlib
+import re
+import shlex
 import shutil
 import threading
 import types
@@ -205,12 +208,85 @@ def _not_built_error(builder: tfds.core.DatasetBuilder) -> DatasetNotBuiltError:
       f'data.data_dir and data.builder_kwargs.')
 
 
+_BEAM_INSTALL = 'pip install -r requirements-beam.txt'
+
+
+def beam_options(data_config: Any):
+  """Beam pipeline options for `data.beam_num_workers` / `data.beam_options`.
+
+  Args:
+    data_config: the `config.data` ConfigDict (the two fields may be missing).
+
+  Returns:
+    None for the sequential build (beam_num_workers 0, no beam_options; no
+    apache-beam import), else `apache_beam...PipelineOptions`: with
+    beam_num_workers N > 0 Beam's DirectRunner with N local worker processes
+    (`--direct_running_mode=multi_processing`), plus the flags of
+    beam_options (e.g. '--runner=FlinkRunner --flink_master=host:8081' for a
+    cluster; shell-quoted).
+
+  Raises:
+    errors.ConfigError: apache-beam is not installed (the message says how to
+      install it), or beam_num_workers > 0 with a runner other than
+      DirectRunner.
+  """
+  workers = int(getattr(data_config, 'beam_num_workers', 0) or 0)
+  flags = shlex.split(str(getattr(data_config, 'beam_options', '') or ''))
+  if workers < 0:
+    raise errors.ConfigError(f'data.beam_num_workers: expected 0 (sequential) or '
+                             f'a number of workers, got {workers}')
+  if workers == 0 and not flags:
+    return None
+  try:
+    from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    key = (f'data.beam_num_workers={workers}' if workers else
+           f'data.beam_options={" ".join(flags)!r}')
+    raise errors.ConfigError(
+        f'{key} builds the dataset with Apache Beam, which is not installed; '
+        f'install it with `{_BEAM_INSTALL}` (or `pip install -e .[beam]`), or '
+        'set data.beam_num_workers=0 and data.beam_options="" for the '
+        'sequential build') from None
+  if workers:
+    runners = [f.split('=', 1)[1] for f in flags if f.startswith('--runner=')]
+    if any(r not in ('DirectRunner', 'direct') for r in runners):
+      raise errors.ConfigError(
+          f'data.beam_num_workers={workers} sets the local DirectRunner\'s '
+          f'workers, but data.beam_options names --runner={runners[0]}; set '
+          'data.beam_num_workers=0 for a cluster runner')
+    flags = ['--runner=DirectRunner', f'--direct_num_workers={workers}',
+             '--direct_running_mode=multi_processing'] + [
+                 f for f in flags if not f.startswith('--runner=')]
+  return pipeline_options.PipelineOptions(flags)
+
+
+# A builder's error from inside a Beam worker, as the pipeline's error text
+# quotes it (the worker's traceback ends with 'module.Class: message').
+_WORKER_ERROR = re.compile(
+    r'(?:deepskeleton_jax\.[\w.]*\.)?(?:BadFileError|InputError): (.+)')
+
+
+def _worker_input_error(error: BaseException) -> errors.InputError | None:
+  """The InputError a Beam worker raised, if `error` carries one."""
+  if isinstance(error, errors.UserError):
+    return None
+  match = _WORKER_ERROR.search(str(error))
+  return errors.InputError(match.group(1).strip()) if match else None
+
+
 def prepare(data_config: Any) -> tfds.core.GeneratorBasedBuilder:
   """Builds the dataset (no-op if built); a failed build leaves nothing behind.
 
   TFDS writes into a temporary `incomplete.*` directory and renames it when
   done; on failure this also removes the directories the attempt created
   (the config/version directories and an empty `downloads/`).
+
+  With `data.beam_num_workers` > 0 or `data.beam_options` (see
+  `beam_options`), builders that support it generate their examples with
+  Apache Beam (human36m, mpii, bvh_mocap; the same examples as the
+  sequential build); the worker processes find this package through
+  PYTHONPATH. An input error raised in a worker comes back as an
+  `errors.InputError` naming the file.
 
   Args:
     data_config: the `config.data` ConfigDict; `manual_dir` (may be empty) is
@@ -223,6 +299,7 @@ def prepare(data_config: Any) -> tfds.core.GeneratorBasedBuilder:
   if builder.is_prepared():
     logging.info('%s already built in %s', builder.name, builder.data_dir)
     return builder
+  options = beam_options(data_config)
   manual_dir = getattr(data_config, 'manual_dir', None) or None
   if manual_dir:
     manual_dir = os.path.expanduser(manual_dir)
@@ -235,9 +312,10 @@ def prepare(data_config: Any) -> tfds.core.GeneratorBasedBuilder:
              pathlib.Path(builder.data_dir).parent, pathlib.Path(builder.data_dir)]
   existed = {p: p.exists() for p in watched}
   try:
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-  except BaseException:
+    with _package_on_pythonpath(options is not None):
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+          manual_dir=manual_dir, beam_options=options))
+  except BaseException as e:
     for p in reversed(watched):
       if not existed[p] and p.exists():
         shutil.rmtree(p, ignore_errors=True)
@@ -245,9 +323,30 @@ def prepare(data_config: Any) -> tfds.core.GeneratorBasedBuilder:
     if parent.is_dir():
       for leftover in parent.glob(f'incomplete.*{builder.version}'):
         shutil.rmtree(leftover, ignore_errors=True)
+    worker_error = _worker_input_error(e) if options is not None else None
+    if worker_error is not None:
+      raise worker_error from e
     raise
   logging.info('%s built in %s', builder.name, builder.data_dir)
   return builder
+
+
+@contextlib.contextmanager
+def _package_on_pythonpath(enabled: bool):
+  """Puts this checkout on PYTHONPATH (for Beam's worker processes)."""
+  if not enabled:
+    yield
+    return
+  old = os.environ.get('PYTHONPATH')
+  top = str(pathlib.Path(__file__).resolve().parents[2])
+  os.environ['PYTHONPATH'] = os.pathsep.join([top] + ([old] if old else []))
+  try:
+    yield
+  finally:
+    if old is None:
+      os.environ.pop('PYTHONPATH', None)
+    else:
+      os.environ['PYTHONPATH'] = old
 
 
 def data_source(data_config: Any, split: str, decode_image: bool = True):
