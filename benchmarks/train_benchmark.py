@@ -310,7 +310,7 @@ def format_table(results: dict[str, Any]) -> str:
         f"{num(r.get('infer_images_per_s'))} | {num(r['train_compile_s'])} | "
         f"{num(r.get('train_mfu'), '.1f', 100)} | "
         f"{num(r['train_step_memory_bytes'], '.0f', 2**-20)} | "
-        f"{num(r['device_peak_memory_bytes'], '.0f', 2**-20)} |")
+        f"{num(r.get('device_peak_memory_bytes'), '.0f', 2**-20)} |")
   if 'rasterizer' in results:
     lines.append(f"rasterizer: {json.dumps(results['rasterizer'], default=float)}")
   if 'input_pipeline' in results:
