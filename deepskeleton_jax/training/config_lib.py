@@ -147,6 +147,12 @@ def _mode_groups() -> dict[str, ml_collections.ConfigDict]:
           'box_margin': 1.25,     # tracking: next box = 2D joints' box x this
           'min_confidence': 0.2,  # mean detection confidence below this: no person
           'batch_size': 8,        # frames per jitted call
+          'fps': 25.0,            # frame rate of a folder of frames (or a video that gives none)
+          # Tracking runs batches of frames that share the first frame's box; a
+          # frame is kept while the box tracked from its previous frame overlaps
+          # that box by at least this IoU, else the rest is rerun (1.0: one frame
+          # at a time). See predict_video.py.
+          'track_min_iou': 0.8,
           'smoothing': 'one_euro',  # 'one_euro', 'savgol' or 'none'
           'one_euro_min_cutoff': 1.0,
           'one_euro_beta': 0.05,

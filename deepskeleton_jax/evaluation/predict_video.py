@@ -1,0 +1,367 @@
+"""3D poses for every frame of a user's video, smoothed over time, with an overlay video.
+
+  python run.py --mode=predict --config=configs/demo.py --workdir=workdir/demo \
+      --config.predict.video=clip.mp4 [--config.predict.boxes='x0 y0 x1 y1']
+
+Input: a video file OpenCV reads or a folder of frames (sorted by name; its
+frame rate is `config.predict.fps`, default 25). A person box per frame comes
+from `config.predict.boxes_file` (one row per frame, CSV or JSON; `none` rows:
+no person), else from tracking: the first frame's box is `config.predict.boxes`
+(or the whole frame), and each next box is the square around the previous
+frame's 2D joints, `box_margin` times their extent. A frame whose mean
+detection confidence is below `min_confidence` has no person (NaN/null in the
+outputs, nothing invented) and tracking restarts from the whole frame.
+
+Batching: frames go through one jitted `inference.make_pipeline_fn` (maps
+of every hypothesis, regressors, hourglass, matching), always padded to
+`batch_size` frames (one compiled shape). With given boxes every batch is
+full. With tracking a frame's box depends on the previous frame, so batches
+are speculative: the frames of a batch share the box of its first frame,
+and, walking the results in order, frame t is kept while the box tracked from
+frame t - 1 overlaps the shared box by at least `track_min_iou`; at the first
+frame where it does not, the batch is cut and the rest is rerun from there
+with its proper box. Every kept frame's box is thus within that IoU of what
+frame-by-frame tracking would give; a slow or still person costs one batch
+per `batch_size` frames, a fast one up to one batch per frame
+(`track_min_iou=1.0` forces frame-by-frame tracking).
+
+Then the 2D joints (frame pixels) and the chosen 3D pose are smoothed over
+time (`smoothing.py`), and `WORKDIR/predict/` (or `predict.output_dir`)
+gets `<name>_poses.npz`, `<name>.json` and `<name>_overlay.mp4` (frame with
+the 2D overlay beside the 3D pose, at the input's frame rate), all three
+renamed into place only when all are complete.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Iterator
+
+from absl import logging
+import numpy as np
+
+from deepskeleton_jax import errors
+from deepskeleton_jax import files
+from deepskeleton_jax.evaluation import predict as predict_lib
+from deepskeleton_jax.evaluation import smoothing
+from deepskeleton_jax.evaluation import video_io
+from deepskeleton_jax.evaluation import video_overlay
+from deepskeleton_jax.geometry import skeleton
+from deepskeleton_jax.training import metric_writer
+
+K = skeleton.NUM_JOINTS
+
+
+@dataclasses.dataclass
+class Track:
+  """Per-frame results of a video (T frames, H hypotheses); NaN where no person."""
+  boxes: np.ndarray        # [T, 4] the box each frame was cropped around
+  person: np.ndarray       # [T] bool
+  joints_2d: np.ndarray    # [T, 16, 2] frame pixels
+  confidence: np.ndarray   # [T, 16] detection confidences (kept for every frame)
+  hyps: np.ndarray         # [T, H, 16, 3] mm
+  chosen: np.ndarray       # [T] int32, -1 where no person
+  pose: np.ndarray         # [T, 16, 3] mm, the chosen hypothesis
+  frames_run: int = 0      # frames that went through the network (reruns, padding)
+
+  @classmethod
+  def empty(cls, num_frames: int, num_hyps: int) -> 'Track':
+    nan = lambda *s: np.full((num_frames,) + s, np.nan, np.float32)  # pylint: disable=unnecessary-lambda-assignment
+    return cls(boxes=nan(4), person=np.zeros(num_frames, bool), joints_2d=nan(K, 2),
+               confidence=nan(K), hyps=nan(num_hyps, K, 3),
+               chosen=np.full(num_frames, -1, np.int32), pose=nan(K, 3))
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+  """Intersection over union of two `x0 y0 x1 y1` boxes."""
+  w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+  h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+  inter = w * h
+  union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+  return float(inter / union) if union > 0 else 0.0
+
+
+def box_from_joints(joints_2d: np.ndarray, margin: float, height: int,
+                    width: int) -> np.ndarray:
+  """The tracked box: a square of `margin` x the joints' larger extent, same centre.
+
+  Args:
+    joints_2d: [16, 2] frame pixels.
+    margin: side / the joints' extent.
+    height, width: the frame (the centre is kept inside it; the side is at
+      least 1/16 of the frame's shorter side).
+
+  Returns:
+    [4] float32 x0 y0 x1 y1.
+  """
+  lo, hi = joints_2d.min(0), joints_2d.max(0)
+  centre = np.clip((lo + hi) / 2, 0, [width, height])
+  half = max(margin * float(np.max(hi - lo)), min(height, width) / 16) / 2
+  return np.concatenate([centre - half, centre + half]).astype(np.float32)
+
+
+class _Progress:
+  """Logs frames done, frames/s and the ETA every few seconds."""
+
+  def __init__(self, name: str, total: int, every_s: float = 5.0):
+    self.name, self.total, self.every_s = name, total, every_s
+    self.start = self.last = time.monotonic()
+
+  def update(self, done: int, force: bool = False) -> None:
+    now = time.monotonic()
+    if not force and now - self.last < self.every_s:
+      return
+    self.last = now
+    rate = done / max(now - self.start, 1e-9)
+    eta = metric_writer.format_eta((self.total - done) / rate) if rate > 0 else '?'
+    logging.info('video %s: %d/%d frames, %.1f frames/s, ETA %s', self.name, done,
+                 self.total, rate, eta)
+
+
+class _Runner:
+  """Runs the predictor on up to `batch_size` frames, padded to `batch_size`."""
+
+  def __init__(self, predictor: predict_lib.Predictor, batch_size: int):
+    self.predictor, self.batch_size = predictor, batch_size
+
+  def __call__(self, frames: list[np.ndarray], boxes: list[np.ndarray]) -> dict[str, np.ndarray]:
+    n = len(frames)
+    pad = self.batch_size - n
+    batch = predict_lib.make_batch(frames + frames[-1:] * pad, boxes + boxes[-1:] * pad,
+                                   self.predictor.crop_scales, self.predictor.lay.input_size)
+    out = self.predictor(batch)
+    return {k: v[:n] for k, v in out.items()}
+
+
+def _store(track: Track, i: int, out: dict[str, np.ndarray], k: int, box: np.ndarray,
+           min_confidence: float) -> None:
+  """Writes result `k` of a batch as frame `i`; low confidence: no person."""
+  track.boxes[i], track.confidence[i] = box, out['confidence'][k]
+  person = float(np.mean(out['confidence'][k])) >= min_confidence and np.all(
+      np.isfinite(out['joints_2d'][k]))
+  track.person[i] = person
+  if person:
+    track.joints_2d[i], track.hyps[i] = out['joints_2d'][k], out['hyps'][k]
+    track.chosen[i], track.pose[i] = out['chosen'][k], out['pose'][k]
+
+
+def run_video(predictor: predict_lib.Predictor, source: video_io.FrameSource, cfg: Any,
+              boxes: np.ndarray | None, first_box: np.ndarray | None) -> Track:
+  """Predicts every frame (see the module docstring for the batching).
+
+  Args:
+    predictor: the loaded pipeline (`with_maps=False` is enough).
+    source: the frames.
+    cfg: `config.predict`.
+    boxes: [T, 4] boxes from `boxes_file` (NaN rows: no person), or None to track.
+    first_box: tracking's first box, or None for the whole frame.
+
+  Returns:
+    The `Track` of raw (unsmoothed) results.
+  """
+  n, (h, w), bsize = source.num_frames, (source.height, source.width), int(cfg.batch_size)
+  whole = np.array([0, 0, w, h], np.float32)
+  track = Track.empty(n, predictor.lay.num_hyps)
+  run, progress = _Runner(predictor, bsize), _Progress(os.path.basename(source.path), n)
+  frames: Iterator[np.ndarray] = source.frames()
+  pending: collections.deque = collections.deque()
+  box, read, done = (whole if first_box is None else first_box), 0, 0
+  while done < n:
+    while len(pending) < bsize and read < n:
+      pending.append((read, next(frames)))
+      read += 1
+    if boxes is not None:  # Given boxes: every frame with a box in one batch.
+      todo = [(i, f) for i, f in pending if np.all(np.isfinite(boxes[i]))]
+      if todo:
+        out = run([f for _, f in todo], [boxes[i] for i, _ in todo])
+        track.frames_run += bsize
+        for k, (i, _) in enumerate(todo):
+          _store(track, i, out, k, boxes[i], cfg.min_confidence)
+      kept = len(pending)
+    else:
+      out = run([f for _, f in pending], [box] * len(pending))
+      track.frames_run += bsize
+      kept, shared = 0, box
+      for k, (i, _) in enumerate(pending):
+        if k > 0 and iou(box, shared) < cfg.track_min_iou:
+          break  # Rerun from frame i with its own box.
+        _store(track, i, out, k, shared, cfg.min_confidence)
+        box = (box_from_joints(track.joints_2d[i], cfg.box_margin, h, w)
+               if track.person[i] else whole)
+        kept += 1
+    for _ in range(kept):
+      pending.popleft()
+    done += kept
+    progress.update(done, force=done == n)
+  logging.info('video %s: %d frames through the network for %d frames (batches of %d%s)',
+               source.path, track.frames_run, n, bsize,
+               ', tracking' if boxes is None else ', given boxes')
+  return track
+
+
+def _person_size(points: np.ndarray) -> float:
+  """Median over frames of a pose's larger extent (1.0 when there are none)."""
+  extent = np.nanmax(points, axis=1) - np.nanmin(points, axis=1)
+  sizes = np.max(extent, axis=-1)
+  sizes = sizes[np.isfinite(sizes) & (sizes > 0)]
+  return float(np.median(sizes)) if sizes.size else 1.0
+
+
+def smooth_track(track: Track, cfg: Any, fps: float) -> tuple[np.ndarray, np.ndarray]:
+  """Smoothed (joints_2d [T, 16, 2], pose [T, 16, 3]), NaN where no person."""
+  if not track.person.any():
+    return track.joints_2d.copy(), track.pose.copy()
+  joints = smoothing.smooth(track.joints_2d, track.person, cfg, fps,
+                            scale=_person_size(track.joints_2d[track.person]))
+  pose = smoothing.smooth(track.pose, track.person, cfg, fps,
+                          scale=_person_size(track.pose[track.person]))
+  return joints.astype(np.float32), pose.astype(np.float32)
+
+
+def _nan_to_none(x: np.ndarray) -> Any:
+  """A JSON value: the nested list, or None when any entry is NaN."""
+  x = np.asarray(x)
+  return None if not np.all(np.isfinite(x)) else np.round(x.astype(np.float64), 3).tolist()
+
+
+def frame_records(track: Track, joints_2d: np.ndarray, pose: np.ndarray,
+                  fps: float) -> list[dict[str, Any]]:
+  """The JSON entry of every frame (smoothed 2D and 3D; raw hypotheses)."""
+  records = []
+  for i in range(len(track.person)):
+    person = bool(track.person[i])
+    records.append({
+        'frame': i, 'time_s': round(i / fps, 4), 'box': _nan_to_none(track.boxes[i]),
+        'person': person,
+        'detection_confidence': _nan_to_none(np.mean(track.confidence[i])),
+        'joint_confidence': _nan_to_none(track.confidence[i]),
+        'joints_2d': _nan_to_none(joints_2d[i]) if person else None,
+        'joints_3d_mm': _nan_to_none(pose[i]) if person else None,
+        'chosen_hypothesis': int(track.chosen[i]) if person else None,
+        'hypotheses_mm': _nan_to_none(track.hyps[i]) if person else None,
+    })
+  return records
+
+
+def _write_overlay(path: str, source: video_io.FrameSource, track: Track,
+                   joints_2d: np.ndarray, pose: np.ndarray) -> None:
+  writer = video_overlay.Writer(path, source.fps, source.height, source.width)
+  try:
+    for i, frame in enumerate(source.frames()):
+      person = bool(track.person[i])
+      label = f'frame {i}' + (f'  hyp {track.chosen[i]}' if person else '  no person')
+      writer.write(video_overlay.render(
+          frame, track.boxes[i], joints_2d[i] if person else None,
+          pose[i] if person else None, label))
+  finally:
+    writer.close()
+
+
+def write_outputs(out_dir: str, name: str, source: video_io.FrameSource, track: Track,
+                  joints_2d: np.ndarray, pose: np.ndarray, meta: dict[str, Any]) -> dict[str, str]:
+  """Writes `<name>_poses.npz`, `<name>.json`, `<name>_overlay.mp4`, all or none.
+
+  Each goes to a temporary file in `out_dir`; the three are renamed into
+  place only after all are complete (on an error the temporaries are removed).
+
+  Returns:
+    {'npz', 'json', 'overlay'}: the paths.
+  """
+  paths = {'npz': os.path.join(out_dir, f'{name}_poses.npz'),
+           'json': os.path.join(out_dir, f'{name}.json'),
+           'overlay': os.path.join(out_dir, f'{name}_overlay.mp4')}
+  with contextlib.ExitStack() as stack:
+    tmp = {k: stack.enter_context(files.atomic_path(p)) for k, p in paths.items()}
+    _write_overlay(tmp['overlay'], source, track, joints_2d, pose)
+    np.savez_compressed(
+        tmp['npz'], boxes=track.boxes, person=track.person, joints_2d=joints_2d,
+        joints_2d_raw=track.joints_2d, joints_3d=pose, joints_3d_raw=track.pose,
+        hypotheses=track.hyps, chosen=track.chosen, confidence=track.confidence,
+        fps=np.float64(source.fps), frame_size=np.array([source.width, source.height]))
+    record = dict(meta, frames=frame_records(track, joints_2d, pose, source.fps))
+    with open(tmp['json'], 'w') as f:
+      json.dump(record, f, indent=None, separators=(',', ':'))
+  return paths
+
+
+def _check_config(cfg: Any) -> None:
+  checks = (('batch_size', cfg.batch_size >= 1, 'a positive integer'),
+            ('box_margin', cfg.box_margin > 0, '> 0 (e.g. 1.25)'),
+            ('fps', cfg.fps > 0, '> 0 frames per second'),
+            ('track_min_iou', 0 <= cfg.track_min_iou <= 1, 'in [0, 1]'))
+  for key, ok, expected in checks:
+    if not ok:
+      raise errors.ConfigError(f'config.predict.{key}={cfg[key]!r} is invalid: expected '
+                               f'{expected}')
+  smoothing.check_config(cfg)
+
+
+def _first_box(cfg: Any, source: video_io.FrameSource) -> np.ndarray | None:
+  if not str(cfg.boxes).strip():
+    return None
+  if cfg.boxes_file:
+    logging.warning('config.predict.boxes is ignored: config.predict.boxes_file gives '
+                    'every frame its box')
+    return None
+  box = predict_lib.parse_box(cfg.boxes, 'config.predict.boxes')
+  problem = video_io.check_box(box, source.height, source.width)
+  if problem:
+    raise errors.ConfigError(f'config.predict.boxes={cfg.boxes!r} (the first frame of '
+                             f'{source.path}): {problem}')
+  return box
+
+
+def predict_video(config, workdir: str) -> dict[str, Any]:
+  """`--mode=predict` with `config.predict.video`: see the module docstring.
+
+  Args:
+    config: finalised config.
+    workdir: the experiment directory with the trained stages.
+
+  Returns:
+    {'paths': output files, 'track': the raw `Track`, 'joints_2d', 'joints_3d':
+    smoothed, 'fps', 'frames_per_s': inference speed}.
+
+  Raises:
+    errors.InputError / errors.ConfigError: bad video, boxes or settings,
+      found before any output is written.
+  """
+  cfg = config.predict
+  _check_config(cfg)
+  source = video_io.FrameSource(str(cfg.video), cfg.fps)
+  boxes = (video_io.read_boxes_file(cfg.boxes_file, source.num_frames, source.height,
+                                    source.width, source.path) if cfg.boxes_file else None)
+  first = _first_box(cfg, source)
+  logging.info('video %s: %d frames of %dx%d at %.3g fps (%s)', source.path, source.num_frames,
+               source.width, source.height, source.fps,
+               'folder of frames: config.predict.fps' if source.is_folder else 'from the file')
+  predictor = predict_lib.Predictor(config, workdir, with_maps=False)
+  start = time.monotonic()
+  track = run_video(predictor, source, cfg, boxes, first)
+  frames_per_s = source.num_frames / max(time.monotonic() - start, 1e-9)
+  joints_2d, pose = smooth_track(track, cfg, source.fps)
+  out_dir = cfg.output_dir or os.path.join(workdir, 'predict')
+  os.makedirs(out_dir, exist_ok=True)
+  name = os.path.splitext(os.path.basename(os.path.normpath(source.path)))[0]
+  meta = {
+      'video': source.path, 'fps': source.fps, 'num_frames': source.num_frames,
+      'frame_size': [source.width, source.height],
+      'box_source': 'boxes_file' if boxes is not None else 'tracking',
+      'smoothing': cfg.smoothing, 'min_confidence': cfg.min_confidence,
+      'joints_2d_source': 'hourglass' if 'hourglass' in predictor.loaded else
+                          'projection of the base hypothesis',
+      'joint_names': list(skeleton.JOINT_NAMES),
+      'hypotheses_config': [list(h) for h in predictor.lay.hypotheses],
+      'units': 'joints_2d: frame pixels (continuous: pixel (i, j) covers [j, j+1) x '
+               '[i, i+1)); joints_3d_mm, hypotheses_mm: mm, camera frame, root-relative '
+               '(thorax)'}
+  paths = write_outputs(out_dir, name, source, track, joints_2d, pose, meta)
+  logging.info('video %s: %d/%d frames with a person, %.1f frames/s -> %s', source.path,
+               int(track.person.sum()), source.num_frames, frames_per_s, ', '.join(paths.values()))
+  return {'paths': paths, 'track': track, 'joints_2d': joints_2d, 'joints_3d': pose,
+          'fps': source.fps, 'frames_per_s': frames_per_s}
