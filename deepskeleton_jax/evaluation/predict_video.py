@@ -6,11 +6,17 @@
 Input: a video file OpenCV reads or a folder of frames (sorted by name; its
 frame rate is `config.predict.fps`, default 25). A person box per frame comes
 from `config.predict.boxes_file` (one row per frame, CSV or JSON; `none` rows:
-no person), else from tracking: the first frame's box is `config.predict.boxes`
-(or the whole frame), and each next box is the square around the previous
-frame's 2D joints, `box_margin` times their extent. A frame whose mean
-detection confidence is below `min_confidence` has no person (NaN/null in the
-outputs, nothing invented) and tracking restarts from the whole frame.
+no person), else from tracking: each box is the square around the previous
+frame's 2D joints, `box_margin` times their extent. Tracking starts from
+`config.predict.boxes` or, without it, from a search of the first frame: the
+whole frame and half-overlapping square windows (`search_scales`) are run
+and the most confident one's 2D joints give the box (a pose network trained
+on person-filled crops makes loose 2D on a whole frame whose person fills
+half of it, and a box tracked from loose 2D stays loose; `search_scales=()`
+starts from the whole frame itself). A frame whose mean detection confidence
+is below `min_confidence` has no person (NaN/null in the outputs, nothing
+invented) and tracking restarts with a search (with the whole frame when
+that finds nobody, until the next batch).
 
 Batching: frames go through one jitted `inference.make_pipeline_fn` (maps
 of every hypothesis, regressors, hourglass, matching), always padded to
@@ -34,7 +40,6 @@ renamed into place only when all are complete.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import json
@@ -150,6 +155,71 @@ def _store(track: Track, i: int, out: dict[str, np.ndarray], k: int, box: np.nda
     track.chosen[i], track.pose[i] = out['chosen'][k], out['pose'][k]
 
 
+def search_windows(height: int, width: int, scales) -> np.ndarray:
+  """Candidate person boxes for a search: the whole frame, then square windows.
+
+  Args:
+    height, width: the frame.
+    scales: window sides as fractions of the frame's shorter side; windows of
+      each side overlap by half and cover the frame.
+
+  Returns:
+    [N, 4] float32 x0 y0 x1 y1, the whole frame first.
+  """
+  out = [[0.0, 0.0, float(width), float(height)]]
+  for s in scales:
+    side = float(s) * min(height, width)
+    nx, ny = (int(np.ceil(max(d - side, 0.0) / (side / 2))) + 1 for d in (width, height))
+    for cy in np.linspace(side / 2, height - side / 2, ny):
+      for cx in np.linspace(side / 2, width - side / 2, nx):
+        out.append([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
+  return np.array(out, np.float32)
+
+
+@dataclasses.dataclass
+class _TrackState:
+  """The tracker between batches: the next box (None: search) and its origin."""
+  box: np.ndarray | None
+  fallback: bool = False  # the box is the whole frame after a search found nobody
+
+
+def _search(run: _Runner, frame: np.ndarray, windows: np.ndarray, cfg: Any, h: int, w: int,
+            track: Track) -> _TrackState:
+  """The most confident window's tracked box, or the whole frame (fallback)."""
+  best, joints = -np.inf, None
+  for start in range(0, len(windows), run.batch_size):
+    chunk = list(windows[start:start + run.batch_size])
+    out = run([frame] * len(chunk), chunk)
+    track.frames_run += run.batch_size
+    conf = out['confidence'].mean(axis=1)
+    if conf.max() > best:
+      best, joints = float(conf.max()), out['joints_2d'][int(np.argmax(conf))]
+  if best >= cfg.min_confidence and np.all(np.isfinite(joints)):
+    return _TrackState(box_from_joints(joints, cfg.box_margin, h, w))
+  return _TrackState(np.array([0, 0, w, h], np.float32), fallback=True)
+
+
+def _tracking_batch(run: _Runner, pending: list, state: _TrackState, track: Track, cfg: Any,
+                    h: int, w: int, windows: np.ndarray) -> tuple[int, _TrackState]:
+  """Runs one speculative tracking batch; returns (frames kept, next state)."""
+  restart = None if len(windows) > 1 else np.array([0, 0, w, h], np.float32)
+  if state.box is None:
+    state = _search(run, pending[0][1], windows, cfg, h, w, track)
+  shared = state.box
+  out = run([f for _, f in pending], [shared] * len(pending))
+  track.frames_run += run.batch_size
+  kept, proper = 0, shared
+  for k, (i, _) in enumerate(pending):
+    if k > 0 and not ((proper is None and state.fallback) or
+                      (proper is not None and iou(proper, shared) >= cfg.track_min_iou)):
+      break  # Rerun from frame i with its proper box (or a search).
+    _store(track, i, out, k, shared, cfg.min_confidence)
+    trusted = track.person[i] and not state.fallback
+    proper = box_from_joints(track.joints_2d[i], cfg.box_margin, h, w) if trusted else restart
+    kept += 1
+  return kept, _TrackState(proper)
+
+
 def run_video(predictor: predict_lib.Predictor, source: video_io.FrameSource, cfg: Any,
               boxes: np.ndarray | None, first_box: np.ndarray | None) -> Track:
   """Predicts every frame (see the module docstring for the batching).
@@ -159,18 +229,20 @@ def run_video(predictor: predict_lib.Predictor, source: video_io.FrameSource, cf
     source: the frames.
     cfg: `config.predict`.
     boxes: [T, 4] boxes from `boxes_file` (NaN rows: no person), or None to track.
-    first_box: tracking's first box, or None for the whole frame.
+    first_box: tracking's first box, or None to search the first frame.
 
   Returns:
     The `Track` of raw (unsmoothed) results.
   """
   n, (h, w), bsize = source.num_frames, (source.height, source.width), int(cfg.batch_size)
-  whole = np.array([0, 0, w, h], np.float32)
+  windows = search_windows(h, w, cfg.search_scales)
   track = Track.empty(n, predictor.lay.num_hyps)
   run, progress = _Runner(predictor, bsize), _Progress(os.path.basename(source.path), n)
   frames: Iterator[np.ndarray] = source.frames()
-  pending: collections.deque = collections.deque()
-  box, read, done = (whole if first_box is None else first_box), 0, 0
+  pending: list = []
+  state = _TrackState(first_box if first_box is not None else
+                      (None if len(windows) > 1 else windows[0]))
+  read = done = 0
   while done < n:
     while len(pending) < bsize and read < n:
       pending.append((read, next(frames)))
@@ -184,18 +256,8 @@ def run_video(predictor: predict_lib.Predictor, source: video_io.FrameSource, cf
           _store(track, i, out, k, boxes[i], cfg.min_confidence)
       kept = len(pending)
     else:
-      out = run([f for _, f in pending], [box] * len(pending))
-      track.frames_run += bsize
-      kept, shared = 0, box
-      for k, (i, _) in enumerate(pending):
-        if k > 0 and iou(box, shared) < cfg.track_min_iou:
-          break  # Rerun from frame i with its own box.
-        _store(track, i, out, k, shared, cfg.min_confidence)
-        box = (box_from_joints(track.joints_2d[i], cfg.box_margin, h, w)
-               if track.person[i] else whole)
-        kept += 1
-    for _ in range(kept):
-      pending.popleft()
+      kept, state = _tracking_batch(run, pending, state, track, cfg, h, w, windows)
+    pending = pending[kept:]
     done += kept
     progress.update(done, force=done == n)
   logging.info('video %s: %d frames through the network for %d frames (batches of %d%s)',
@@ -293,7 +355,9 @@ def _check_config(cfg: Any) -> None:
   checks = (('batch_size', cfg.batch_size >= 1, 'a positive integer'),
             ('box_margin', cfg.box_margin > 0, '> 0 (e.g. 1.25)'),
             ('fps', cfg.fps > 0, '> 0 frames per second'),
-            ('track_min_iou', 0 <= cfg.track_min_iou <= 1, 'in [0, 1]'))
+            ('track_min_iou', 0 <= cfg.track_min_iou <= 1, 'in [0, 1]'),
+            ('search_scales', all(0 < float(v) <= 1 for v in cfg.search_scales),
+             'fractions of the shorter frame side in (0, 1], e.g. (1.0, 0.7, 0.5)'))
   for key, ok, expected in checks:
     if not ok:
       raise errors.ConfigError(f'config.predict.{key}={cfg[key]!r} is invalid: expected '

@@ -153,9 +153,16 @@ def _mode_groups() -> dict[str, ml_collections.ConfigDict]:
           # that box by at least this IoU, else the rest is rerun (1.0: one frame
           # at a time). See predict_video.py.
           'track_min_iou': 0.8,
+          # Tracking's start and restarts (no config.predict.boxes, or the person
+          # lost): the most confident of the whole frame and square windows of
+          # these sides (fractions of the frame's shorter side, half-overlapping)
+          # gives the box. () = the whole frame itself.
+          'search_scales': (1.0, 0.7, 0.5),
           'smoothing': 'one_euro',  # 'one_euro', 'savgol' or 'none'
+          # One-Euro: cutoff (Hz) = min_cutoff + beta x speed, the speed in person
+          # sizes per second (see smoothing.py; beta 1.0 measured best on the demo).
           'one_euro_min_cutoff': 1.0,
-          'one_euro_beta': 0.05,
+          'one_euro_beta': 1.0,
           'savgol_window': 9,
           'savgol_order': 2,
       }),
