@@ -48,6 +48,7 @@ import time
 from typing import Any, Iterator
 
 from absl import logging
+import chex
 import numpy as np
 
 from deepskeleton_jax import errors
@@ -76,6 +77,7 @@ class Track:
 
   @classmethod
   def empty(cls, num_frames: int, num_hyps: int) -> 'Track':
+    """A track of `num_frames` frames without a person (NaN, chosen -1)."""
     nan = lambda *s: np.full((num_frames,) + s, np.nan, np.float32)  # pylint: disable=unnecessary-lambda-assignment
     return cls(boxes=nan(4), person=np.zeros(num_frames, bool), joints_2d=nan(K, 2),
                confidence=nan(K), hyps=nan(num_hyps, K, 3),
@@ -104,6 +106,7 @@ def box_from_joints(joints_2d: np.ndarray, margin: float, height: int,
   Returns:
     [4] float32 x0 y0 x1 y1.
   """
+  chex.assert_shape(joints_2d, (K, 2))
   lo, hi = joints_2d.min(0), joints_2d.max(0)
   centre = np.clip((lo + hi) / 2, 0, [width, height])
   half = max(margin * float(np.max(hi - lo)), min(height, width) / 16) / 2
@@ -111,18 +114,29 @@ def box_from_joints(joints_2d: np.ndarray, margin: float, height: int,
 
 
 class _Progress:
-  """Logs frames done, frames/s and the ETA every few seconds."""
+  """Logs frames done, frames/s and the ETA every few seconds.
+
+  The rate is measured from the end of the first batch, so that the one-off
+  compilation does not distort the ETA.
+  """
 
   def __init__(self, name: str, total: int, every_s: float = 5.0):
     self.name, self.total, self.every_s = name, total, every_s
     self.start = self.last = time.monotonic()
+    self.first: tuple[float, int] | None = None
 
   def update(self, done: int, force: bool = False) -> None:
+    """Records `done` frames; logs when `every_s` passed (or `force`)."""
     now = time.monotonic()
+    if self.first is None:
+      self.first = (now, done)
+      logging.info('video %s: first batch done in %.1f s (compilation included)', self.name,
+                   now - self.start)
     if not force and now - self.last < self.every_s:
       return
     self.last = now
-    rate = done / max(now - self.start, 1e-9)
+    t0, d0 = self.first if done > self.first[1] else (self.start, 0)
+    rate = (done - d0) / max(now - t0, 1e-9)
     eta = metric_writer.format_eta((self.total - done) / rate) if rate > 0 else '?'
     logging.info('video %s: %d/%d frames, %.1f frames/s, ETA %s', self.name, done,
                  self.total, rate, eta)

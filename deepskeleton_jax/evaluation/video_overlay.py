@@ -11,6 +11,7 @@ change size between frames. Bone colours are `skeleton.BONE_COLORS`.
 
 from __future__ import annotations
 
+import chex
 import cv2
 import numpy as np
 
@@ -87,6 +88,11 @@ def render(frame: np.ndarray, box: np.ndarray | None, joints_2d: np.ndarray | No
   Returns:
     The frame.
   """
+  chex.assert_rank(frame, 3)
+  if joints_2d is not None:
+    chex.assert_shape(joints_2d, (skeleton.NUM_JOINTS, 2))
+  if pose is not None:
+    chex.assert_shape(pose, (skeleton.NUM_JOINTS, 3))
   h, w = frame.shape[:2]
   left = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR)
   thickness = max(1, round(h / 120))
@@ -120,9 +126,11 @@ class Writer:
       raise OSError(f'OpenCV cannot write the video {path}')
 
   def write(self, image: np.ndarray) -> None:
+    """Appends one `render` frame ([H, W + H, 3] uint8 BGR)."""
     if (image.shape[1], image.shape[0]) != self.size:
       raise ValueError(f'overlay frames must be {self.size}, got {image.shape}')
     self._writer.write(image)
 
   def close(self) -> None:
+    """Finishes the file."""
     self._writer.release()
