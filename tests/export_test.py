@@ -18,6 +18,7 @@ import pytest
 
 from deepskeleton_jax import errors
 from deepskeleton_jax.evaluation import export
+from deepskeleton_jax.evaluation import inference
 from deepskeleton_jax.evaluation import predict
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -84,6 +85,42 @@ def test_artifact_runs_without_the_project(exported, tiny_pipeline, synthetic_cl
     for key in names:
       assert got[key].shape == want[key].shape and got[key].dtype == want[key].dtype, key
       np.testing.assert_allclose(got[key], want[key], atol=1e-4, rtol=0, err_msg=key)
+
+
+def _orthographic_choice(hyps, joints, conf):
+  """argmin over hypotheses of the confidence-weighted scaled-orthographic error, in numpy."""
+  w = np.clip(conf, 0, None)[:, None]
+  errs = []
+  for hyp in hyps:
+    a = hyp[:, :2] - (w * hyp[:, :2]).sum(0) / w.sum()
+    b = joints - (w * joints).sum(0) / w.sum()
+    s = max(0.0, (w * a * b).sum() / (w * a * a).sum())
+    errs.append((w[:, 0] * ((s * a - b) ** 2).sum(1)).sum() / w.sum())
+  return int(np.argmin(errs))
+
+
+def test_artifact_chooses_by_reprojection_error(exported, synthetic_clip):
+  config, paths = exported
+  serve = _load_loader()
+  fn, _ = serve.load(str(pathlib.Path(paths['model']).parent))
+  out = fn(_batch(synthetic_clip, config, list(range(0, 30, 3)))['image'])
+  for k in range(len(out['pose'])):
+    assert out['chosen'][k] == _orthographic_choice(out['hyps'][k], out['joints_2d'][k],
+                                                    out['confidence'][k])
+    np.testing.assert_array_equal(out['pose'][k], out['hyps'][k, out['chosen'][k]])
+
+
+def test_pipeline_without_hourglass_chooses_the_base_hypothesis(tiny_pipeline, synthetic_clip):
+  config = tiny_pipeline.config()
+  loaded = inference.load_stages(config, tiny_pipeline.workdir, ('skeleton_net', 'regressor'))
+  fn = jax.jit(inference.make_pipeline_fn(config, loaded, with_maps=False))
+  variables = {k: v['variables'] for k, v in loaded.items()}
+  norms = {k: v['norm'] for k, v in loaded.items()}
+  out = fn(variables, norms, _batch(synthetic_clip, config, [0, 1])['image'])
+  assert np.all(np.asarray(out['chosen']) == config.hypotheses.base)
+  np.testing.assert_allclose(np.asarray(out['joints_2d']).mean(1), config.data.input_size / 2,
+                             atol=1e-3)  # the base hypothesis' projection, centred
+  np.testing.assert_allclose(out['confidence'], 1.0)
 
 
 def test_model_json_lists_inputs_and_outputs_in_call_order(exported):

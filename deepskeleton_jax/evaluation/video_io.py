@@ -94,6 +94,7 @@ class FrameSource:
 
   @property
   def is_folder(self) -> bool:
+    """Whether the source is a folder of frames."""
     return self._files is not None
 
   def frames(self) -> Iterator[np.ndarray]:
