@@ -15,10 +15,12 @@ from __future__ import annotations
 from typing import Any
 
 from absl import logging
+import chex
 import jax.numpy as jnp
 import ml_collections
 
 from deepskeleton_jax import errors
+from deepskeleton_jax.evaluation import matching
 from deepskeleton_jax.training import checkpointing
 from deepskeleton_jax.training import stages as stages_lib
 
@@ -98,5 +100,60 @@ def make_predict_fn(config: ml_collections.ConfigDict, loaded: dict[str, Any],
       joints, conf = stage['hourglass'].infer(variables['hourglass'], batch)
       out['detections'], out['detection_conf'] = joints[0], conf[0]
     return out
+
+  return fn
+
+
+def make_pipeline_fn(config: ml_collections.ConfigDict, loaded: dict[str, Any],
+                     with_maps: bool = True):
+  """Returns a jittable `fn(variables, norms, images) -> outputs` for unlabelled crops.
+
+  The whole test-time pipeline of the paper, matching included: the
+  hypotheses are matched against the hourglass' 2D detections (scaled
+  orthographic, each joint weighted by its detection confidence: a user's
+  image has no known camera). Without a hourglass the base hypothesis is
+  chosen and its 2D is its own projection, centred in the c = 1 crop.
+  `--mode=predict` (images and videos) and `--mode=export` run this function.
+
+  Args:
+    config: finalised config.
+    loaded: from `load_stages`, with 'skeleton_net' and 'regressor' (and
+      optionally 'hourglass'); only the stage objects are used.
+    with_maps: also return the skeleton maps (drop them to save transfers).
+
+  Returns:
+    The function. `images` is uint8 [b, C, S, S, 3], the crops at every
+    `data.crop_scales`. Outputs: `pose` [b, 16, 3] (mm, root-relative, the
+    chosen hypothesis), `chosen` [b] int32, `hyps` [b, H, 16, 3],
+    `joints_2d` [b, 16, 2] (pixels of the c = 1 crop), `confidence` [b, 16],
+    and with `with_maps` `maps` [b, H, s, s, 6] (fg RGB, bg RGB in [0, 1]).
+  """
+  for name in ('skeleton_net', 'regressor'):
+    if name not in loaded:
+      raise ValueError(f'make_pipeline_fn needs the {name!r} stage, got {sorted(loaded)}')
+  stages = {k: v for k, v in loaded.items() if k in ('skeleton_net', 'regressor', 'hourglass')}
+  predict_fn = make_predict_fn(config, stages, with_labels=False)
+  lay = stages_lib.layout(config)
+  num_scales = len(config.data.crop_scales)
+
+  def fn(variables, norms, images):
+    chex.assert_shape(images, (None, num_scales, lay.input_size, lay.input_size, 3))
+    out = predict_fn(variables, norms, {'image': images})
+    hyps = out['hyps']
+    if 'detections' in out:
+      joints, conf = out['detections'], out['detection_conf']
+      chosen, pose = matching.select(hyps, joints, jnp.clip(conf, 0.0, None))
+    else:
+      chosen = jnp.full(hyps.shape[:1], lay.base, jnp.int32)
+      pose = hyps[:, lay.base]
+      proj = pose[..., :2] - jnp.mean(pose[..., :2], axis=1, keepdims=True)
+      extent = jnp.maximum(jnp.max(jnp.abs(proj), axis=(1, 2), keepdims=True), 1e-6)
+      joints = proj * (0.35 * lay.input_size / extent) + lay.input_size / 2
+      conf = jnp.ones(joints.shape[:2], jnp.float32)
+    result = {'pose': pose, 'chosen': chosen, 'hyps': hyps, 'joints_2d': joints,
+              'confidence': conf}
+    if with_maps:
+      result['maps'] = jnp.moveaxis(out['maps'], 0, 1)
+    return result
 
   return fn

@@ -66,7 +66,7 @@ def _check_inputs(hyps: Array, joints_2d: Array, visible: Array | None,
                        f'c_y), got {cs}')
     batches.append(cs[:-1])
   try:
-    return tuple(np.broadcast_shapes(*batches))
+    return tuple(jnp.broadcast_shapes(*batches))  # jnp: symbolic (exported) batch dims
   except ValueError:
     raise ValueError(
         'leading dimensions of hyps [..., H, K, 3], joints_2d [..., K, 2], '

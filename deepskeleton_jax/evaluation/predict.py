@@ -25,7 +25,6 @@ from deepskeleton_jax import errors
 from deepskeleton_jax import files
 from deepskeleton_jax.data import image_ops
 from deepskeleton_jax.evaluation import inference
-from deepskeleton_jax.evaluation import matching
 from deepskeleton_jax.geometry import camera
 from deepskeleton_jax.geometry import skeleton
 from deepskeleton_jax.training import stages as stages_lib
@@ -89,9 +88,21 @@ def make_batch(images: list[np.ndarray], boxes: list[np.ndarray | None], crop_sc
 
 
 class Predictor:
-  """The trained pipeline on user images: maps, hypotheses, 2D, the chosen pose."""
+  """The trained pipeline on user images: maps, hypotheses, 2D, the chosen pose.
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+  One jitted `inference.make_pipeline_fn` (matching included) per batch shape.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+               with_maps: bool = True):
+    """Loads the trained stages.
+
+    Args:
+      config: finalised config.
+      workdir: the experiment directory (skeleton_net and regressor
+        checkpoints required, hourglass optional).
+      with_maps: also return the skeleton maps (a video needs none).
+    """
     self.loaded = inference.load_stages(
         config, workdir, ('skeleton_net', 'regressor', 'hourglass'),
         required=('skeleton_net', 'regressor'))
@@ -100,40 +111,47 @@ class Predictor:
                       'comes from its own projection')
     self.variables = {k: v['variables'] for k, v in self.loaded.items()}
     self.norms = {k: v['norm'] for k, v in self.loaded.items()}
-    self.fn = jax.jit(inference.make_predict_fn(config, self.loaded, with_labels=False))
+    self.fn = jax.jit(inference.make_pipeline_fn(config, self.loaded, with_maps=with_maps))
     self.lay = stages_lib.layout(config)
     self.crop_scales = tuple(config.data.crop_scales)
 
   def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Outputs for a `make_batch` batch, with the choice and image-pixel 2D.
+    """Outputs for a `make_batch` batch, with image-pixel 2D.
+
+    Args:
+      batch: from `make_batch` (only `image` and `input_to_image` are used).
 
     Returns:
-      The pipeline outputs (`maps` [b, H, s, s, 6], `hyps` [b, H, 16, 3], ...)
-      plus `chosen` [b], `pose` [b, 16, 3] (mm), `joints_2d` [b, 16, 2] in image
-      pixels, `confidence` [b, 16] (ones without a hourglass).
+      `pose` [b, 16, 3] (mm), `chosen` [b], `hyps` [b, H, 16, 3], `maps`
+      [b, H, s, s, 6] (with `with_maps`), `joints_crop` [b, 16, 2] (pixels
+      of the c = 1 crop), `joints_2d` [b, 16, 2] in image pixels and
+      `confidence` [b, 16] (ones without a hourglass).
     """
     out = {k: np.asarray(v) for k, v in jax.device_get(
-        self.fn(self.variables, self.norms, batch)).items()}
-    out['maps'] = np.moveaxis(out['maps'], 0, 1)
-    hyps, size = out['hyps'], self.lay.input_size
+        self.fn(self.variables, self.norms, batch['image'])).items()}
     to_image = batch['input_to_image'][:, self.lay.unit]
-    if 'detections' in out:
-      conf = np.clip(out['detection_conf'], 0.0, None)
-      idx, _ = matching.select(hyps, out['detections'], conf)
-      chosen, joints = np.asarray(idx), out['detections']
-    else:
-      chosen = np.full(len(hyps), self.lay.base, np.int32)
-      proj = hyps[np.arange(len(hyps)), chosen, :, :2]
-      proj = proj - proj.mean(1, keepdims=True)
-      scale = 0.35 * size / np.maximum(np.abs(proj).max((1, 2), keepdims=True), 1e-6)
-      joints, conf = proj * scale + size / 2, np.ones(proj.shape[:2], np.float32)
-    out.update(chosen=chosen, pose=hyps[np.arange(len(hyps)), chosen],
-               joints_2d=np.asarray(camera.apply_affine(joints, to_image)), confidence=conf)
+    out['joints_crop'] = out['joints_2d']
+    out['joints_2d'] = np.asarray(camera.apply_affine(out['joints_crop'], to_image))
     return out
 
 
-def predict(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
-  """Predicts every image in `config.predict.images`; returns the JSON records."""
+def predict(config: ml_collections.ConfigDict, workdir: str) -> Any:
+  """Predicts every image in `config.predict.images`, or `config.predict.video`.
+
+  Args:
+    config: finalised config.
+    workdir: the experiment directory with the trained stages.
+
+  Returns:
+    The JSON records of the images, or with `config.predict.video` what
+    `predict_video.predict_video` returns.
+  """
+  if str(config.predict.video).strip():
+    if str(config.predict.images).strip():
+      raise errors.ConfigError('config.predict.images and config.predict.video are both '
+                               'set: expected one of them')
+    from deepskeleton_jax.evaluation import predict_video  # pylint: disable=g-import-not-at-top
+    return predict_video.predict_video(config, workdir)
   paths = [p.strip() for p in str(config.predict.images).split(',') if p.strip()]
   if not paths:
     raise errors.ConfigError('config.predict.images is empty: pass '

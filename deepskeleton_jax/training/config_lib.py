@@ -147,9 +147,22 @@ def _mode_groups() -> dict[str, ml_collections.ConfigDict]:
           'box_margin': 1.25,     # tracking: next box = 2D joints' box x this
           'min_confidence': 0.2,  # mean detection confidence below this: no person
           'batch_size': 8,        # frames per jitted call
+          'fps': 25.0,            # frame rate of a folder of frames (or a video that gives none)
+          # Tracking runs batches of frames that share the first frame's box; a
+          # frame is kept while the box tracked from its previous frame overlaps
+          # that box by at least this IoU, else the rest is rerun (1.0: one frame
+          # at a time). See predict_video.py.
+          'track_min_iou': 0.8,
+          # Tracking's start and restarts (no config.predict.boxes, or the person
+          # lost): the most confident of the whole frame and square windows of
+          # these sides (fractions of the frame's shorter side, half-overlapping)
+          # gives the box. () = the whole frame itself.
+          'search_scales': (1.0, 0.7, 0.5),
           'smoothing': 'one_euro',  # 'one_euro', 'savgol' or 'none'
+          # One-Euro: cutoff (Hz) = min_cutoff + beta x speed, the speed in person
+          # sizes per second (see smoothing.py; beta 1.0 measured best on the demo).
           'one_euro_min_cutoff': 1.0,
-          'one_euro_beta': 0.05,
+          'one_euro_beta': 1.0,
           'savgol_window': 9,
           'savgol_order': 2,
       }),

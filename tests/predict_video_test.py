@@ -1,0 +1,279 @@
+"""Tests of `--mode=predict --config.predict.video=...` (evaluation/predict_video.py).
+
+The tiny checkpoints (tests/conftest.py) check the plumbing: one output entry
+per frame, the overlay's frame count and size, given boxes, frames without a
+person, the tracking invariant, smoothing and every bad input. Whether the
+tracked boxes follow the person needs a model that has learned something:
+`test_tracked_boxes_follow_the_person` runs on a trained demo workdir when one
+exists (DEEPSKELETON_DEMO_WORKDIR, default workdir/demo) and skips otherwise.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from configs import demo
+from deepskeleton_jax import errors
+from deepskeleton_jax.evaluation import predict
+from deepskeleton_jax.evaluation import predict_video
+from deepskeleton_jax.evaluation import smoothing
+from deepskeleton_jax.evaluation import video_overlay
+from deepskeleton_jax.training import config_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def clip_file(synthetic_clip, synthetic_video, tmp_path_factory):
+  path = tmp_path_factory.mktemp('clip') / 'walk.mp4'
+  synthetic_video.write_video(str(path), synthetic_clip.frames, synthetic_clip.fps)
+  return path
+
+
+def _predict(pipe, out_dir, **fields):
+  fields.setdefault('min_confidence', -1.0)  # untrained tiny hourglass: keep every frame
+  return predict.predict(pipe.config(output_dir=str(out_dir), **fields), pipe.workdir)
+
+
+def _read_video(path):
+  cap = cv2.VideoCapture(str(path))
+  frames, fps = [], cap.get(cv2.CAP_PROP_FPS)
+  while True:
+    ok, frame = cap.read()
+    if not ok:
+      break
+    frames.append(frame)
+  cap.release()
+  return np.stack(frames), fps
+
+
+def _square_box(joints, margin, h, w):
+  """The tracker's box, written out again: square, margin x extent, same centre."""
+  lo, hi = joints.min(0), joints.max(0)
+  c = np.clip((lo + hi) / 2, 0, [w, h])
+  half = max(margin * (hi - lo).max(), min(h, w) / 16) / 2
+  return np.array([c[0] - half, c[1] - half, c[0] + half, c[1] + half])
+
+
+def test_outputs_have_one_entry_per_frame(tiny_pipeline, clip_file, synthetic_clip, tmp_path):
+  result = _predict(tiny_pipeline, tmp_path, video=str(clip_file), search_scales=())
+  t, h, w = synthetic_clip.frames.shape[:3]
+  frames, fps = _read_video(tmp_path / 'walk_overlay.mp4')
+  assert frames.shape == (t, h, w + h, 3) and fps == pytest.approx(synthetic_clip.fps)
+  # The left panel is the input frame (outside the drawn skeleton and box).
+  assert np.median(np.abs(frames[0, :, :w].astype(int)
+                          - synthetic_clip.frames[0][..., ::-1].astype(int))) < 8
+  saved = json.loads((tmp_path / 'walk.json').read_text())
+  assert saved['num_frames'] == t and len(saved['frames']) == t
+  assert saved['fps'] == pytest.approx(25.0) and saved['frame_size'] == [w, h]
+  frame = saved['frames'][3]
+  assert frame['person'] and np.asarray(frame['joints_2d']).shape == (16, 2)
+  assert np.asarray(frame['hypotheses_mm']).shape == (2, 16, 3)
+  assert np.asarray(frame['joints_3d_mm']).shape == (16, 3) and len(frame['box']) == 4
+  assert 0 <= frame['chosen_hypothesis'] < 2 and frame['detection_confidence'] is not None
+  npz = np.load(tmp_path / 'walk_poses.npz')
+  for key, shape in (('boxes', (t, 4)), ('joints_2d', (t, 16, 2)), ('joints_3d', (t, 16, 3)),
+                     ('hypotheses', (t, 2, 16, 3)), ('chosen', (t,)), ('person', (t,))):
+    assert npz[key].shape == shape, key
+  chosen = npz['hypotheses'][np.arange(t), npz['chosen']]
+  np.testing.assert_allclose(npz['joints_3d_raw'], chosen, atol=1e-5)
+  np.testing.assert_allclose(npz['boxes'][0], [0, 0, w, h])  # no search: the whole frame
+  assert sorted(os.listdir(tmp_path)) == ['walk.json', 'walk_overlay.mp4', 'walk_poses.npz']
+  assert result['track'].frames_run >= t
+
+
+def test_tracking_keeps_frames_only_within_the_iou(tiny_pipeline, clip_file, synthetic_clip,
+                                                   tmp_path):
+  """Each kept frame's box overlaps the box tracked from its previous frame."""
+  h, w = synthetic_clip.frames.shape[1:3]
+  for min_iou in (0.8, 1.0):
+    track = _predict(tiny_pipeline, tmp_path / str(min_iou), video=str(clip_file),
+                     track_min_iou=min_iou, smoothing='none')['track']
+    for i in range(1, len(track.boxes)):
+      want = _square_box(track.joints_2d[i - 1], 1.25, h, w)
+      assert predict_video.iou(track.boxes[i], want) >= min_iou - 1e-6, (min_iou, i)
+  # min_iou = 1: exactly frame-by-frame tracking.
+  np.testing.assert_allclose(track.boxes[5], _square_box(track.joints_2d[4], 1.25, h, w),
+                             atol=1e-3)
+
+
+def test_search_windows_cover_the_frame():
+  windows = predict_video.search_windows(192, 256, (1.0, 0.5))
+  np.testing.assert_allclose(windows[0], [0, 0, 256, 192])
+  sides = windows[1:, 2] - windows[1:, 0]
+  np.testing.assert_allclose(windows[1:, 3] - windows[1:, 1], sides)  # squares
+  assert sorted(set(np.round(sides, 3))) == [96.0, 192.0]
+  assert windows.min() >= 0 and windows[:, 2].max() <= 256 and windows[:, 3].max() <= 192
+  small = windows[1:][sides < 100]
+  assert len(small) == 5 * 3  # stride 48 px: x at 48..208, y at 48..144
+  # Every pixel centre of the frame is inside a window of each size.
+  ys, xs = np.mgrid[0:192, 0:256] + 0.5
+  for group in (windows[1:][sides > 100], small):
+    inside = np.zeros_like(xs, bool)
+    for x0, y0, x1, y1 in group:
+      inside |= (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)
+    assert inside.all()
+
+
+def test_boxes_file_and_folder_of_frames(tiny_pipeline, synthetic_clip, tmp_path):
+  folder = tmp_path / 'frames'
+  folder.mkdir()
+  for i, frame in enumerate(synthetic_clip.frames):
+    cv2.imwrite(str(folder / f'{i:04d}.png'), frame[..., ::-1])
+  rows = [{'box': b.tolist()} for b in synthetic_clip.boxes]
+  rows[4] = {'box': None}  # a frame without a person
+  (tmp_path / 'boxes.json').write_text(json.dumps({'frames': rows}))
+  result = _predict(tiny_pipeline, tmp_path / 'out', video=str(folder), fps=10.0,
+                    boxes_file=str(tmp_path / 'boxes.json'))
+  npz = np.load(tmp_path / 'out' / 'frames_poses.npz')
+  keep = np.arange(30) != 4
+  np.testing.assert_allclose(npz['boxes'][keep], synthetic_clip.boxes[keep])
+  assert not npz['person'][4] and np.all(np.isnan(npz['joints_2d'][4]))
+  assert npz['person'][keep].all() and float(npz['fps']) == 10.0
+  _, fps = _read_video(tmp_path / 'out' / 'frames_overlay.mp4')
+  assert fps == pytest.approx(10.0)
+  assert result['track'].frames_run == 32  # 4 full batches of 8, none rerun
+  # CSV with a header gives the same boxes.
+  csv = 'x0,y0,x1,y1\n' + '\n'.join(','.join(f'{v:.6f}' for v in b) for b in synthetic_clip.boxes)
+  (tmp_path / 'boxes.csv').write_text(csv)
+  with_csv = _predict(tiny_pipeline, tmp_path / 'csv', video=str(folder),
+                      boxes_file=str(tmp_path / 'boxes.csv'), smoothing='none')
+  np.testing.assert_allclose(with_csv['track'].boxes, synthetic_clip.boxes, atol=1e-4)
+
+
+def test_low_confidence_frames_have_no_person(tiny_pipeline, clip_file, synthetic_clip, tmp_path):
+  result = _predict(tiny_pipeline, tmp_path, video=str(clip_file), min_confidence=1e9,
+                    boxes=' '.join(str(v) for v in synthetic_clip.boxes[0]))
+  track = result['track']
+  assert not track.person.any() and np.all(track.chosen == -1)
+  assert np.all(np.isnan(result['joints_3d'])) and np.all(np.isnan(track.hyps))
+  h, w = synthetic_clip.frames.shape[1:3]
+  np.testing.assert_allclose(track.boxes[0], synthetic_clip.boxes[0], atol=1e-4)
+  np.testing.assert_allclose(track.boxes[1:], np.tile([0, 0, w, h], (29, 1)))  # restarts
+  frames = json.loads((tmp_path / 'walk.json').read_text())['frames']
+  assert all(f['joints_3d_mm'] is None and f['chosen_hypothesis'] is None for f in frames)
+  assert all(f['detection_confidence'] is not None for f in frames)
+
+
+@pytest.mark.parametrize('method', ['one_euro', 'savgol'])
+def test_smoothing_lowers_acceleration(tiny_pipeline, synthetic_video, tmp_path, method):
+  """On a shaking camera, smoothing cuts the mean joint acceleration by >= 30%."""
+  clip = synthetic_video.render_clip(num_frames=30, jitter_px=4.0, seed=1)
+  path = tmp_path / 'shaky.mp4'
+  synthetic_video.write_video(str(path), clip.frames, clip.fps)
+  boxes = clip.boxes + np.random.default_rng(0).normal(0, 4.0, (30, 1)) * [1, 1, 1, 1]
+  (tmp_path / 'boxes.csv').write_text('\n'.join(' '.join(map(str, b)) for b in boxes))
+  _predict(tiny_pipeline, tmp_path / 'out', video=str(path), smoothing=method,
+           boxes_file=str(tmp_path / 'boxes.csv'))
+  npz = np.load(tmp_path / 'out' / 'shaky_poses.npz')
+  for key in ('joints_2d', 'joints_3d'):
+    raw, smooth = (smoothing.mean_acceleration(npz[k]) for k in (key + '_raw', key))
+    assert smooth <= 0.7 * raw, (key, raw, smooth)
+
+
+def _bad_inputs(root, clip, synthetic_video):
+  (root / 'garbage.mp4').write_bytes(b'not a video' * 100)
+  writer = cv2.VideoWriter(str(root / 'empty.avi'), cv2.VideoWriter_fourcc(*'MJPG'), 25,
+                           (64, 48))
+  writer.release()
+  (root / 'no_frames').mkdir()
+  short = root / 'short'
+  short.mkdir()
+  for i in range(3):
+    cv2.imwrite(str(short / f'{i}.png'), clip.frames[i][..., ::-1])
+  (root / 'two_rows.csv').write_text('10 10 50 50\n10 10 50 50\n')
+  (root / 'outside.csv').write_text('10 10 50 50\n300 10 400 90\n10 10 50 50\n')
+  return {
+      'unreadable video': (dict(video=str(root / 'garbage.mp4')), 'garbage.mp4', 'cannot read'),
+      'zero frames': (dict(video=str(root / 'empty.avi')), 'empty.avi', 'no frames'),
+      'empty folder': (dict(video=str(root / 'no_frames')), 'no_frames', 'no frames'),
+      'row count': (dict(video=str(short), boxes_file=str(root / 'two_rows.csv')),
+                    'two_rows.csv', '2 boxes for the 3 frames'),
+      'box outside': (dict(video=str(short), boxes_file=str(root / 'outside.csv')),
+                      'outside.csv', 'outside the 256x192 frame'),
+      'first box outside': (dict(video=str(short), boxes='-90 -90 -10 -10'),
+                            'config.predict.boxes', 'outside the 256x192 frame'),
+  }
+
+
+def test_bad_inputs_fail_with_one_clear_error_and_no_output(tiny_pipeline, synthetic_clip,
+                                                             synthetic_video, tmp_path):
+  for case, (fields, name, words) in _bad_inputs(tmp_path, synthetic_clip,
+                                                 synthetic_video).items():
+    out = tmp_path / ('out_' + case.replace(' ', '_'))
+    with pytest.raises((errors.InputError, errors.ConfigError)) as info:
+      _predict(tiny_pipeline, out, **fields)
+    message = str(info.value)
+    assert name in message and words in message and 'expected' in message, (case, message)
+    assert not out.exists() or not os.listdir(out), case
+
+
+def test_failure_while_writing_leaves_no_partial_files(tiny_pipeline, clip_file, tmp_path,
+                                                       monkeypatch):
+  calls, original = [], video_overlay.render
+
+  def failing_render(*args, **kwargs):
+    calls.append(1)
+    if len(calls) > 5:
+      raise RuntimeError('disk full')
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(video_overlay, 'render', failing_render)
+  with pytest.raises(RuntimeError, match='disk full'):
+    _predict(tiny_pipeline, tmp_path, video=str(clip_file))
+  assert os.listdir(tmp_path) == []
+
+
+def test_bad_video_is_one_line_from_run_py(tmp_path):
+  (tmp_path / 'garbage.mp4').write_bytes(b'nope')
+  out = subprocess.run(
+      [sys.executable, str(REPO / 'run.py'), '--config=' + str(REPO / 'configs' / 'tiny.py'),
+       '--mode=predict', f'--workdir={tmp_path}',
+       f'--config.predict.video={tmp_path / "garbage.mp4"}'],
+      capture_output=True, text=True, timeout=300, cwd=str(REPO))
+  assert out.returncode == 2
+  lines = [l for l in out.stderr.splitlines() if l.startswith('error:')]
+  assert len(lines) == 1 and 'garbage.mp4' in lines[0] and 'Traceback' not in out.stderr
+
+
+def _demo_workdir():
+  path = pathlib.Path(os.environ.get('DEEPSKELETON_DEMO_WORKDIR', REPO / 'workdir' / 'demo'))
+  needed = ('skeleton_net', 'regressor', 'hourglass')
+  if not all((path / s / 'checkpoints').is_dir() for s in needed):
+    pytest.skip(f'no trained demo workdir at {path} (run `python run.py`, or set '
+                'DEEPSKELETON_DEMO_WORKDIR)')
+  return str(path)
+
+
+def test_tracked_boxes_follow_the_person(synthetic_video, tmp_path):
+  """From the true first box, the tracked boxes overlap the true ones (IoU >= 0.5).
+
+  Six 30-frame clips (seeds 0-5, all that were tried): IoU >= 0.5 on most
+  frames of every clip and on >= 80% of all frames (measured with the demo
+  run of exp12, hourglass at step 449: 95%; the worst clip 77%: the detector
+  underestimates the person's extent by ~25% and the box slowly shrinks).
+  Starting without a box (the search) is not asserted: the demo's hourglass
+  is no person detector (see the module docstring of predict_video.py).
+  """
+  workdir = _demo_workdir()
+  hits = []
+  for seed in range(6):
+    clip = synthetic_video.render_clip(num_frames=30, seed=seed)
+    path = tmp_path / f'walk{seed}.mp4'
+    synthetic_video.write_video(str(path), clip.frames, clip.fps)
+    config = demo.get_config()
+    config.predict.update(video=str(path), output_dir=str(tmp_path / 'out'),
+                          boxes=' '.join(f'{v:.1f}' for v in clip.boxes[0]))
+    result = predict.predict(config_lib.finalize(config), workdir)
+    ious = np.array([predict_video.iou(a, b)
+                     for a, b in zip(result['track'].boxes, clip.boxes)])
+    print(f'seed {seed}: IoU with the true box per frame: {np.round(ious, 2).tolist()}')
+    assert np.mean(ious >= 0.5) > 0.5, (seed, ious)
+    hits.append(ious >= 0.5)
+  assert np.mean(hits) >= 0.8, np.mean(hits, axis=1)
