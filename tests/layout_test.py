@@ -7,7 +7,7 @@ import re
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-LIBRARY = [p for d in ('deepskeleton_jax', 'datasets', 'benchmarks')
+LIBRARY = [p for d in ('deepskeleton_jax', 'datasets', 'benchmarks', 'examples')
            for p in sorted((REPO / d).rglob('*.py'))] + [REPO / 'run.py']
 
 

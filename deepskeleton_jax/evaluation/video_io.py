@@ -7,7 +7,7 @@ the file or field and what was expected: a file OpenCV cannot open, a video
 or folder without frames, frames of differing sizes, a boxes file whose
 rows do not match the frames or whose boxes lie outside the frame.
 
-Boxes are `x0 y0 x1 y1` in frame pixels (continuous convention, DESIGN.md).
+Boxes are `x0 y0 x1 y1` in frame pixels (continuous convention, docs/DESIGN.md).
 """
 
 from __future__ import annotations
