@@ -1,10 +1,10 @@
-"""Session fixtures shared by the video and export tests.
+"""Session fixtures shared by the end-to-end, video and export tests.
 
-`tiny_pipeline` builds the tiny synthetic set and trains the tiny
-SkeletonMapNet, regressors and hourglass for a few steps once per session
-(the checkpoints are tiny and untrained: they test plumbing, not accuracy);
-`synthetic_clip` renders a 30-frame video of a walking person with known
-joints and boxes.
+`tiny_pipeline` builds the tiny synthetic set and trains every stage of
+configs/tiny.py for a few steps, once per session, so each program compiles
+once (the checkpoints are tiny and untrained: they test plumbing, not
+accuracy); `synthetic_clip` renders a 30-frame video of a walking person
+with known joints and boxes.
 """
 
 import pathlib
@@ -22,23 +22,31 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 class TinyPipeline:
   """A trained tiny workdir; `config(**predict)` gives a fresh config for it."""
 
-  def __init__(self, root: pathlib.Path):
-    self.data_dir = root / 'tfds'
+  def __init__(self, root: pathlib.Path, data_dir: pathlib.Path):
+    self.data_dir = data_dir
     self.workdir = str(root / 'workdir')
 
   def config(self, **predict):
     config = tiny.get_config()
     config.data.data_dir = str(self.data_dir)
-    config.stages = 'skeleton_net,regressor,hourglass'
     config.predict.update(predict)
     return config_lib.finalize(config)
 
 
 @pytest.fixture(scope='session')
-def tiny_pipeline(tmp_path_factory) -> TinyPipeline:
-  pipe = TinyPipeline(tmp_path_factory.mktemp('tiny_pipeline'))
+def tiny_data_dir(tmp_path_factory) -> pathlib.Path:
+  """A data_dir with configs/tiny.py's synthetic dataset built (once per session)."""
+  path = tmp_path_factory.mktemp('tiny_tfds')
+  config = tiny.get_config()
+  config.data.data_dir = str(path)
+  registry.prepare(config_lib.finalize(config).data)
+  return path
+
+
+@pytest.fixture(scope='session')
+def tiny_pipeline(tmp_path_factory, tiny_data_dir) -> TinyPipeline:
+  pipe = TinyPipeline(tmp_path_factory.mktemp('tiny_pipeline'), tiny_data_dir)
   config = pipe.config()
-  registry.prepare(config.data)
   for stage in config_lib.stage_list(config):
     train_loop.train_stage(config, pipe.workdir, stage)
   return pipe

@@ -25,7 +25,6 @@ from benchmarks import train_benchmark
 from deepskeleton_jax.training import train_step
 from deepskeleton_jax.training import checkpointing
 from deepskeleton_jax.training import config_lib
-from deepskeleton_jax.data import registry
 from deepskeleton_jax.training import parallel
 from deepskeleton_jax.training import stages as stages_lib
 from deepskeleton_jax.training import train_loop
@@ -62,10 +61,8 @@ def _tiny_config(data_dir=None):
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  path = tmp_path_factory.mktemp('tfds')
-  registry.prepare(_tiny_config(path).data)
-  return path
+def data_dir(tiny_data_dir):
+  return tiny_data_dir
 
 
 def _cmd(workdir, data_dir, *args, prefix=()):

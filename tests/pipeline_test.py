@@ -20,7 +20,6 @@ from benchmarks import train_benchmark
 from deepskeleton_jax.training import train_step
 from deepskeleton_jax.training import checkpointing
 from deepskeleton_jax.training import config_lib
-from deepskeleton_jax.data import registry
 from deepskeleton_jax.evaluation import evaluate
 from deepskeleton_jax.training import metric_writer
 from deepskeleton_jax.training import parallel
@@ -30,24 +29,12 @@ from deepskeleton_jax.data import input_pipeline
 from deepskeleton_jax.training import train_loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-from configs import tiny
-
-
-def tiny_config(data_dir):
-  config = tiny.get_config()
-  config.data.data_dir = str(data_dir)
-  return config_lib.finalize(config)
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-  root = tmp_path_factory.mktemp('tiny')
-  config = tiny_config(root / 'tfds')
-  registry.prepare(config.data)
-  workdir = str(root / 'workdir')
-  for stage in config_lib.stage_list(config):
-    train_loop.train_stage(config, workdir, stage)
-  return config, workdir
+def trained(tiny_pipeline):
+  """(config, workdir) of every tiny stage trained once per session (tests/conftest.py)."""
+  return tiny_pipeline.config(), tiny_pipeline.workdir
 
 
 def test_train_writes_metrics_and_checkpoints(trained):
