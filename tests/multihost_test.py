@@ -226,7 +226,7 @@ def test_run_py_in_two_processes_writes_once_resumes_and_matches_one(data_dir, t
 
 
 def test_run_py_fails_fast_when_one_process_fails(data_dir, tmp_path):
-  """Process 1 cannot read its data: it exits at once, process 0 soon after.
+  """Process 1 cannot read its data: it exits at once (one error line), process 0 soon after.
 
   Without `parallel.fail_fast` both would wait for each other for 5 minutes
   (process 0 at a barrier, process 1 in `jax.distributed.shutdown`), then abort.
@@ -245,9 +245,10 @@ def test_run_py_fails_fast_when_one_process_fails(data_dir, tmp_path):
   texts = [log.read_text() for log in logs]
   report = '\n'.join(f'--- process {i}:\n{t[-2000:]}' for i, t in enumerate(texts))
   assert sorted(ended) == [0, 1], f'still running after 150 s: {report}'
-  assert procs[1].returncode == 1 and procs[0].returncode != 0, report
-  assert str(tmp_path / 'missing') in texts[1], report  # the error names the path
-  assert 'process 1 failed' in texts[1], report
+  # A user's mistake: one line naming the path, exit status 2, as in one process.
+  assert procs[1].returncode == 2 and procs[0].returncode != 0, report
+  assert 'error: Dataset synthetic' in texts[1] and str(tmp_path / 'missing') in texts[1], report
+  assert 'Traceback' not in texts[1], report
   # Process 0 noticed the missing heartbeat (10 s) instead of waiting 5 minutes.
   assert 'stopped sending heartbeats' in texts[0], report
   assert ended[0] - ended[1] < 60, (ended, report)

@@ -30,8 +30,7 @@ CONFIGS = (
     ('mpii_skeleton_net', None), ('mpii_regressor', 'gt'), ('mpii_regressor', 'predicted'),
     ('mpii_hourglass', None), ('mpii_deepskeleton', None),
 )
-_NORM = {'mean': jax.ShapeDtypeStruct((16, 3), jnp.float32),
-         'std': jax.ShapeDtypeStruct((), jnp.float32)}
+_NORM = {'mean': np.zeros((16, 3), np.float32), 'std': np.ones((), np.float32)}
 _KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)
 
 
@@ -64,8 +63,9 @@ def test_train_and_eval_steps_trace_at_full_size(name, arg):
     stage = stages_lib.build(config, stage_name)
     tcfg = config[stage_name].train
     tx = train_step.make_optimizer(tcfg)
-    state = jax.eval_shape(lambda v: train_step.create_state(v, tx, _NORM, _KEY),
-                           _variables(stage))
+    state = jax.eval_shape(
+        lambda v: train_step.create_state(v, tx, _NORM, jax.random.PRNGKey(0)),
+        _variables(stage))
     aux = _variables(stages_lib.build(config, stage.needs)) if stage.needs else None
     new_state, metrics = jax.eval_shape(train_step.make_train_step(stage, tcfg), state,
                                         _abstract_batch(config, tcfg.batch_size), aux)

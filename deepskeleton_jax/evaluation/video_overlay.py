@@ -5,7 +5,7 @@ a frame; these lines cost ~1 ms): the left panel is the input frame at its
 own size with the person box and the 2D skeleton; the right panel, a dark
 square as tall as the frame, shows the chosen 3D pose (root-relative) from a
 fixed novel viewpoint, the same (elevation, azimuth) convention and default
-as `figures.draw_skeleton_3d`, at a fixed scale so that the person does not
+as `drawing.draw_skeleton_3d`, at a fixed scale so that the person does not
 change size between frames. Bone colours are `skeleton.BONE_COLORS`.
 """
 
@@ -15,7 +15,7 @@ import chex
 import cv2
 import numpy as np
 
-from deepskeleton_jax.evaluation import figures
+from deepskeleton_jax.evaluation import drawing
 from deepskeleton_jax.geometry import skeleton
 
 _PANEL_BGR = (28, 28, 28)
@@ -54,7 +54,7 @@ def project_view(pose: np.ndarray, side: int, view: tuple[float, float],
     [16, 2] (x, y) panel pixels; the root (thorax) at (side / 2, 0.36 side).
   """
   right, up = view_axes(view)
-  pts = figures.camera_to_plot(pose - pose[skeleton.ROOT])
+  pts = drawing.camera_to_plot(pose - pose[skeleton.ROOT])
   scale = side / height_mm
   return np.stack([side / 2 + scale * (pts @ right), 0.36 * side - scale * (pts @ up)], -1)
 
@@ -74,7 +74,7 @@ def _lines(image: np.ndarray, joints: np.ndarray, thickness: int, scale: int = 1
 
 def render(frame: np.ndarray, box: np.ndarray | None, joints_2d: np.ndarray | None,
            pose: np.ndarray | None, label: str,
-           view: tuple[float, float] = figures.DEFAULT_VIEW) -> np.ndarray:
+           view: tuple[float, float] = drawing.DEFAULT_VIEW) -> np.ndarray:
   """One overlay frame: [H, W + H, 3] uint8 BGR (what `cv2.VideoWriter` takes).
 
   Args:
