@@ -294,8 +294,9 @@ class Camera:
 
 
 def sample_camera(rng: np.random.Generator, joints: np.ndarray,
-                  margin_mm: float, crop_size: int, crop_scale: float
-                  ) -> Camera:
+                  margin_mm: float, crop_size: int, crop_scale: float,
+                  yaw_deg: float = 180.0,
+                  pitch_deg: tuple[float, float] = (-10.0, 35.0)) -> Camera:
   """Samples a viewpoint and fits the intrinsics so the person fills the box.
 
   The person box (crop scale 1.0) is the square around the projected joints'
@@ -310,12 +311,19 @@ def sample_camera(rng: np.random.Generator, joints: np.ndarray,
     margin_mm: extra margin around the joints (body thickness).
     crop_size: stored crop side in pixels.
     crop_scale: stored crop side / person box side.
+    yaw_deg: the camera's yaw around the person is uniform in
+      [-yaw_deg, yaw_deg] (0: in front of the person); 180 (or more): all
+      around.
+    pitch_deg: (min, max) of the uniform camera pitch (positive: looking down).
 
   Returns:
     A `Camera`.
   """
-  yaw = rng.uniform(0.0, 360.0)
-  pitch = rng.uniform(-10.0, 35.0)
+  if yaw_deg >= 180.0:
+    yaw = rng.uniform(0.0, 360.0)
+  else:
+    yaw = rng.uniform(-yaw_deg, yaw_deg) % 360.0
+  pitch = rng.uniform(*pitch_deg)
   roll = rng.normal(0.0, 4.0)
   distance = rng.uniform(2500.0, 7000.0)
   # Yaw rotates the camera around the person: the camera at yaw 90 stands on

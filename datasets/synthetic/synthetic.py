@@ -9,7 +9,7 @@ stored size (`deepskeleton_jax.synthetic_render`): the camera's focal length
 and principal point are chosen so that the person box fills 1/CROP_SCALE of
 the crop, so the crop->image affine is the identity.
 
-Fields follow `deepskeleton_jax.dataset_common`: joints_3d in mm in the camera
+Fields follow `deepskeleton_jax.data.example_format`: joints_3d in mm in the camera
 frame (has_3d True), intrinsics in crop pixels (has_intrinsics True), all 16
 joints visible, head_size = 0.6 x the diagonal of a square head box whose side
 is the projected neck-to-head-top length, subject = person id (train and test
@@ -19,7 +19,7 @@ people are disjoint), frame = example index in the split, image_name =
 Deterministic per `seed`: example i of a split depends only on (seed, split,
 person = i // EXAMPLES_PER_PERSON, i). Build it with
 `python run.py --mode=prepare --config=configs/<x>.py` (which calls
-`deepskeleton_jax.datasets_lib.prepare`); `tfds build` needs TensorFlow.
+`deepskeleton_jax.data.registry.prepare`); `tfds build` needs TensorFlow.
 """
 
 from __future__ import annotations
@@ -52,12 +52,19 @@ class SyntheticConfig(tfds.core.BuilderConfig):
     num_holdout: number of held-out training examples (validation split).
     crop_size: side of the stored crop in pixels.
     seed: random seed; equal seeds give equal datasets.
+    camera_yaw_deg: camera yaw around the person uniform in +-this (0 = in
+      front of the person; 180 = all around).
+    camera_pitch_min_deg: lowest camera pitch (positive: looking down).
+    camera_pitch_max_deg: highest camera pitch.
   """
   num_train: int = 3000
   num_test: int = 300
   num_holdout: int = 200
   crop_size: int = 144
   seed: int = 0
+  camera_yaw_deg: float = 180.0
+  camera_pitch_min_deg: float = -10.0
+  camera_pitch_max_deg: float = 35.0
 
 
 class Synthetic(tfds.core.GeneratorBasedBuilder):
@@ -81,6 +88,10 @@ class Synthetic(tfds.core.GeneratorBasedBuilder):
       if getattr(cfg, name) < low:
         raise errors.ConfigError(f'data.builder_kwargs.{name} must be >= {low}, got '
                          f'{getattr(cfg, name)}')
+    if not -90.0 <= cfg.camera_pitch_min_deg <= cfg.camera_pitch_max_deg <= 90.0:
+      raise errors.ConfigError(
+          'data.builder_kwargs.camera_pitch_min_deg/camera_pitch_max_deg must satisfy '
+          f'-90 <= min <= max <= 90, got {cfg.camera_pitch_min_deg}, {cfg.camera_pitch_max_deg}')
     return {split: self._generate_examples(split) for split in _SPLITS}
 
   def _generate_examples(self, split: str):
@@ -90,7 +101,9 @@ class Synthetic(tfds.core.GeneratorBasedBuilder):
     rejected = 0
     for index in range(num):
       try:
-        yield index, make_synthetic_example(cfg.seed, split, index, cfg.crop_size)
+        yield index, make_synthetic_example(
+            cfg.seed, split, index, cfg.crop_size, camera_yaw_deg=cfg.camera_yaw_deg,
+            camera_pitch_deg=(cfg.camera_pitch_min_deg, cfg.camera_pitch_max_deg))
       except example_format.InvalidExample as e:
         rejected += 1
         logging.warning('synthetic %s example %d rejected: %s', split, index, e)
@@ -98,15 +111,19 @@ class Synthetic(tfds.core.GeneratorBasedBuilder):
                  num - rejected, rejected)
 
 
-def make_synthetic_example(seed: int, split: str, index: int, crop_size: int
+def make_synthetic_example(seed: int, split: str, index: int, crop_size: int,
+                           camera_yaw_deg: float = 180.0,
+                           camera_pitch_deg: tuple[float, float] = (-10.0, 35.0)
                            ) -> dict:
-  """Renders example `index` of `split` as a `dataset_common` example dict.
+  """Renders example `index` of `split` as an `example_format` example dict.
 
   Args:
     seed: dataset seed.
     split: 'train' or 'test'.
     index: example index in the split.
     crop_size: stored crop side.
+    camera_yaw_deg: camera yaw range (see `SyntheticConfig`).
+    camera_pitch_deg: (min, max) camera pitch.
 
   Returns:
     The example dict.
@@ -121,7 +138,8 @@ def make_synthetic_example(seed: int, split: str, index: int, crop_size: int
   appearance = synthetic_render.sample_appearance(person_rng)
   rng = np.random.default_rng([seed, _SPLITS[split], person_id, index])
   sample = synthetic_render.render_sample(rng, person, appearance, crop_size,
-                                          CROP_SCALE)
+                                          CROP_SCALE, camera_yaw_deg=camera_yaw_deg,
+                                          camera_pitch_deg=camera_pitch_deg)
   if not (np.all(np.isfinite(sample.joints_2d))
           and np.all(sample.joints_2d >= 0) and np.all(sample.joints_2d <= crop_size)):
     raise example_format.InvalidExample(

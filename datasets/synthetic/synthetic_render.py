@@ -254,7 +254,8 @@ class Sample:
 
 def render_sample(rng: np.random.Generator, person: pose_sampler.Person,
                   appearance: Appearance, crop_size: int, crop_scale: float,
-                  draw_person: bool = True) -> Sample:
+                  draw_person: bool = True, camera_yaw_deg: float = 180.0,
+                  camera_pitch_deg: tuple[float, float] = (-10.0, 35.0)) -> Sample:
   """Samples a pose, a camera and a scene and renders one crop.
 
   The random draws do not depend on `draw_person`, so the same rng state
@@ -267,6 +268,8 @@ def render_sample(rng: np.random.Generator, person: pose_sampler.Person,
     crop_size: output side in pixels.
     crop_scale: crop side / person box side.
     draw_person: False renders the background only.
+    camera_yaw_deg: yaw range of the camera (`pose_sampler.sample_camera`).
+    camera_pitch_deg: pitch range of the camera.
 
   Returns:
     A `Sample`. The head size is 0.6 x the diagonal of a square head box
@@ -276,7 +279,8 @@ def render_sample(rng: np.random.Generator, person: pose_sampler.Person,
   angles = pose_sampler.sample_angles(rng, family)
   joints, extras = pose_sampler.forward_kinematics(person, angles)
   cam = pose_sampler.sample_camera(rng, joints, margin_mm=1.2 * person.radii['head'],
-                                   crop_size=crop_size, crop_scale=crop_scale)
+                                   crop_size=crop_size, crop_scale=crop_scale,
+                                   yaw_deg=camera_yaw_deg, pitch_deg=camera_pitch_deg)
   light = np.array([rng.uniform(-1, 1), rng.uniform(-1.2, 0.2), -rng.uniform(0.6, 1.5)])
   light /= np.linalg.norm(light)
   tint = rng.normal(1.0, 0.05, size=3)

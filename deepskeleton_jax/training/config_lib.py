@@ -99,6 +99,8 @@ def _stage_groups() -> dict[str, ml_collections.ConfigDict]:
       'regressor': ml_collections.ConfigDict({
           'model': resnet_model(),
           'input': 'gt',        # 'gt': maps rendered from labels; 'predicted': SkeletonMapNet
+          'gt_fraction': 0.0,   # input='predicted': this part of each batch gets 'gt' maps
+          'gt_steps': 0,        # input='predicted': the first gt_steps steps see 'gt' maps only
           'input_size': 224,    # maps are resized to this before regression
           'train': train_group(batch_size=32, num_steps=200_000, learning_rate=1e-2),
       }),
@@ -283,6 +285,10 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          config.parallel.hyp_map, "'auto', 'vmap' or 'loop'")
   _check(config.regressor.input in ('gt', 'predicted'), 'regressor.input',
          config.regressor.input, "'gt' or 'predicted'")
+  _check(0.0 <= config.regressor.gt_fraction <= 1.0, 'regressor.gt_fraction',
+         config.regressor.gt_fraction, 'a fraction in [0, 1]')
+  _check(config.regressor.gt_steps >= 0, 'regressor.gt_steps',
+         config.regressor.gt_steps, 'a step count >= 0')
   _check(config.regressor.input_size % 32 == 0, 'regressor.input_size',
          config.regressor.input_size, 'a multiple of 32')
   hg_div = 4 * 2 ** config.hourglass.model.depth

@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import os
 import sys
+import time
 from typing import Any
 
 from absl import logging
@@ -136,7 +137,9 @@ def compile_together(jitted: Any, name: str, *args: Any) -> Any:
   Returns:
     The compiled executable; call it with arguments like `args`.
   """
+  t0 = time.monotonic()
   compiled = jitted.lower(*args).compile()
+  logging.info('compiled %s in %.1f s', name, time.monotonic() - t0)
   barrier(f'compiled {name}')
   return compiled
 

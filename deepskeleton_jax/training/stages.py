@@ -172,10 +172,11 @@ class Stage:
     name: the stage name (a config group).
     model: the Flax module of one hypothesis.
     num_hyps: H, the size of the leading axis of the stacked variables.
-    make_inputs: (batch, aux_variables, norm) -> (inputs [H, b, ...], targets
-      pytree with leading [H, b]); runs inside jit. `aux_variables` are the
-      stacked variables of the stage named by `needs`; `norm` the pose
-      normalisation {'mean': [16, 3], 'std': []}.
+    make_inputs: (batch, aux_variables, norm, step=None) -> (inputs [H, b, ...],
+      targets pytree with leading [H, b]); runs inside jit. `aux_variables` are
+      the stacked variables of the stage named by `needs`; `norm` the pose
+      normalisation {'mean': [16, 3], 'std': []}; `step` the train step (a
+      traced scalar; None outside training).
     loss: (model outputs of one hypothesis, targets of that hypothesis, batch)
       -> (scalar loss, metrics dict); runs mapped over hypotheses.
     predict: (stacked model outputs, norm) -> the stage's prediction with a
@@ -243,8 +244,8 @@ def _skeleton_net(config, lay: Layout) -> Stage:
   def prepare(batch):
     return images_at(batch, lay.crop_idx)
 
-  def make_inputs(batch, aux, norm):
-    del aux, norm
+  def make_inputs(batch, aux, norm, step=None):
+    del aux, norm, step
     return prepare(batch), render_maps(batch, lay)
 
   def loss(logits, targets, batch):
@@ -282,11 +283,28 @@ def _regressor(config, lay: Layout, name: str) -> Stage:
   def prepare(maps):
     return resize_square(maps, lay.regressor_size)
 
-  def make_inputs(batch, aux, norm):
-    if predicted:
-      maps = predicted_maps(skel, aux, batch, lay, hyp_sel)
+  gt_fraction = float(config.regressor.gt_fraction) if predicted else 1.0
+  gt_steps = int(config.regressor.gt_steps) if predicted else 0
+
+  def mixed_maps(batch, aux):
+    # The first round(gt_fraction * b) examples of the (shuffled) batch get
+    # maps rendered from their labels, the rest the SkeletonMapNet's maps.
+    b = batch['joints_3d'].shape[0]
+    k = int(round(gt_fraction * b))
+    head = jax.tree_util.tree_map(lambda x: x[:k], batch)
+    tail = jax.tree_util.tree_map(lambda x: x[k:], batch)
+    parts = ([render_maps(head, lay, hyp_sel)] if k else []) + (
+        [predicted_maps(skel, aux, tail, lay, hyp_sel)] if k < b else [])
+    return jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+
+  def make_inputs(batch, aux, norm, step=None):
+    if gt_steps and step is not None:
+      # The first gt_steps train steps see rendered maps only (one compiled
+      # step: the SkeletonMapNet runs only in the later branch).
+      maps = jax.lax.cond(step < gt_steps, lambda: render_maps(batch, lay, hyp_sel),
+                          lambda: mixed_maps(batch, aux))
     else:
-      maps = render_maps(batch, lay, hyp_sel)
+      maps = mixed_maps(batch, aux)
     x = prepare(maps)
     x = jnp.broadcast_to(x, (num,) + x.shape[1:])
     return x, targets_for_hyp(_pose_targets(batch, norm), num)
@@ -304,8 +322,8 @@ def _direct_rgb(config, lay: Layout) -> Stage:
   def prepare(batch):
     return images_at(batch, np.array([lay.unit]))
 
-  def make_inputs(batch, aux, norm):
-    del aux
+  def make_inputs(batch, aux, norm, step=None):
+    del aux, step
     return prepare(batch), targets_for_hyp(_pose_targets(batch, norm), 1)
 
   return Stage('direct_rgb', model, 1, make_inputs, _pose_loss, _pose_predict, prepare,
@@ -323,8 +341,8 @@ def _hourglass(config, lay: Layout) -> Stage:
   def prepare(batch):
     return resize_square(images_at(batch, np.array([lay.unit])), hsize)
 
-  def make_inputs(batch, aux, norm):
-    del aux, norm
+  def make_inputs(batch, aux, norm, step=None):
+    del aux, norm, step
     joints = batch['joints_2d'][:, lay.unit] * (hsize / 4 / lay.input_size)
     heat = hourglass.heatmap_targets(joints, batch['visible'], hsize // 4, cfg.sigma)
     return prepare(batch), heat[None]
@@ -354,8 +372,8 @@ def _lifting(config, lay: Layout) -> Stage:
   def prepare(batch):
     return lifting.normalize_2d(batch['joints_2d'][:, lay.unit], batch['visible'])[None]
 
-  def make_inputs(batch, aux, norm):
-    del aux
+  def make_inputs(batch, aux, norm, step=None):
+    del aux, step
     return prepare(batch), targets_for_hyp(_pose_targets(batch, norm), 1)
 
   spread = np.zeros((1, 16, 2), np.float32) + np.arange(16)[None, :, None]

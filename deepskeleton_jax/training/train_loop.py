@@ -215,7 +215,8 @@ def _initial_state(config, stage, mesh, mngr, iterator):
     logging.info('%s: resumed from step %d (%s)', stage.name, latest, mngr.directory)
     return state, state_sharding
   norm = pose_norm(config) if stage.pose_norm else norm_shape
-  variables = jax.jit(lambda r: train_step.init_variables(stage, r))(init_rng)
+  # Not under an outer jit: init_stacked compiles one hypothesis' init once.
+  variables = train_step.init_variables(stage, init_rng)
   model_cfg = config[stage.name].model
   if model_cfg.get('pretrained'):
     variables = load_pretrained(model_cfg, variables, stage.dummy_input.shape[-1])

@@ -98,9 +98,9 @@ def create_state(variables: Any, tx: optax.GradientTransformation,
       first_nonfinite=jnp.full((), -1, jnp.int32))
 
 
-def _per_hyp_losses(stage, params, batch_stats, batch, aux, norm, rng, train):
+def _per_hyp_losses(stage, params, batch_stats, batch, aux, norm, rng, train, step=None):
   """Loss of each hypothesis [H], new batch stats and metrics."""
-  inputs, targets = stage.make_inputs(batch, aux, norm)
+  inputs, targets = stage.make_inputs(batch, aux, norm, step)
 
   def one(p, bs, x, t, r):
     variables = {'params': p, 'batch_stats': bs}
@@ -131,9 +131,9 @@ def make_train_step(stage: stages_lib.Stage, train_cfg: ml_collections.ConfigDic
   lr_fn = learning_rate_fn(train_cfg)
   accum = int(train_cfg.grad_accum)
 
-  def loss_fn(params, batch_stats, batch, aux, norm, rng):
+  def loss_fn(params, batch_stats, batch, aux, norm, rng, step):
     losses, (new_bs, _) = _per_hyp_losses(stage, params, batch_stats, batch, aux,
-                                          norm, rng, train=True)
+                                          norm, rng, train=True, step=step)
     return losses.sum(), (losses, new_bs)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -142,14 +142,14 @@ def make_train_step(stage: stages_lib.Stage, train_cfg: ml_collections.ConfigDic
     rng, step_rng = jax.random.split(state.rng)
     if accum == 1:
       (_, (losses, new_bs)), grads = grad_fn(state.params, state.batch_stats, batch,
-                                             aux, state.norm, step_rng)
+                                             aux, state.norm, step_rng, state.step)
     else:
       micro = _split_micro(batch, accum)
 
       def body(carry, xs):
         grads_acc, losses_acc, bs = carry
         mb, r = xs
-        (_, (l, bs)), g = grad_fn(state.params, bs, mb, aux, state.norm, r)
+        (_, (l, bs)), g = grad_fn(state.params, bs, mb, aux, state.norm, r, state.step)
         grads_acc = jax.tree_util.tree_map(jnp.add, grads_acc, g)
         return (grads_acc, losses_acc + l, bs), None
 
@@ -163,8 +163,12 @@ def make_train_step(stage: stages_lib.Stage, train_cfg: ml_collections.ConfigDic
     lr = lr_fn(state.step) * state.lr_scale
     updates, new_opt = tx.update(grads, state.opt_state, state.params)
     new_params = jax.tree_util.tree_map(lambda p, u: p - lr * u, state.params, updates)
-    finite = jnp.all(jnp.isfinite(losses)) & jnp.all(jnp.array(
-        [jnp.all(jnp.isfinite(g)) for g in jax.tree_util.tree_leaves(grads)]))
+    # One reduction over all gradients concatenated: a reduction per leaf made
+    # XLA:CPU compile a small SkeletonMapNet's step in 180 s of CPU time
+    # instead of 69 s (measured; the same step time).
+    flat = jnp.concatenate([jnp.ravel(g).astype(jnp.float32)
+                            for g in jax.tree_util.tree_leaves(grads)])
+    finite = jnp.all(jnp.isfinite(losses)) & jnp.all(jnp.isfinite(flat))
     keep = lambda new, old: jax.tree_util.tree_map(
         lambda a, b: jnp.where(finite, a, b), new, old)
     new_state = state.replace(

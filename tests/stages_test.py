@@ -1,0 +1,61 @@
+"""Stage inputs: the regressor's mix of rendered and predicted maps."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import tiny
+from deepskeleton_jax.training import config_lib
+from deepskeleton_jax.training import stages
+from deepskeleton_jax.training import train_step
+
+
+def _config(**regressor):
+  config = tiny.get_config()
+  config.regressor.update(regressor)
+  return config_lib.finalize(config)
+
+
+def _batch(config, b=4, seed=0):
+  rng = np.random.default_rng(seed)
+  c, s = len(config.data.crop_scales), config.data.input_size
+  return {
+      'image': jnp.asarray(rng.integers(0, 256, (b, c, s, s, 3), dtype=np.uint8)),
+      'joints_2d': jnp.asarray(rng.uniform(2, s - 2, (b, c, 16, 2)), jnp.float32),
+      'joints_3d': jnp.asarray(rng.normal(0, 300, (b, 16, 3)) + [0, 0, 4000], jnp.float32),
+      'visible': jnp.ones((b, 16), bool),
+      'has_3d': jnp.ones((b,), bool),
+  }
+
+
+def test_predicted_input_mixes_rendered_and_predicted_maps_by_step():
+  config = _config(input='predicted', gt_fraction=0.5, gt_steps=10)
+  reg = stages.build(config, 'regressor')
+  skel = stages.build(config, 'skeleton_net')
+  lay = stages.layout(config)
+  aux = train_step.init_variables(skel, jax.random.PRNGKey(1))
+  batch = _batch(config)
+  norm = {'mean': jnp.zeros((16, 3)), 'std': jnp.ones(())}
+  hyps = np.arange(lay.num_hyps)
+  rendered = reg.prepare(stages.render_maps(batch, lay))
+  predicted = reg.prepare(stages.predicted_maps(skel, aux, batch, lay, hyps))
+  assert not np.allclose(rendered, predicted, atol=1e-2)  # the two sources differ
+
+  early, _ = jax.jit(reg.make_inputs)(batch, aux, norm, jnp.int32(3))
+  np.testing.assert_allclose(early, rendered, atol=1e-5)
+  late, _ = jax.jit(reg.make_inputs)(batch, aux, norm, jnp.int32(10))
+  np.testing.assert_allclose(late[:, :2], rendered[:, :2], atol=1e-5)
+  np.testing.assert_allclose(late[:, 2:], predicted[:, 2:], atol=1e-4)
+  # Outside training (no step) the mix is the late one.
+  evaluated, _ = reg.make_inputs(batch, aux, norm)
+  np.testing.assert_allclose(evaluated, late, atol=1e-4)
+
+
+def test_gt_input_ignores_step():
+  config = _config(input='gt')
+  reg = stages.build(config, 'regressor')
+  lay = stages.layout(config)
+  batch = _batch(config, seed=1)
+  norm = {'mean': jnp.zeros((16, 3)), 'std': jnp.ones(())}
+  x, _ = reg.make_inputs(batch, None, norm, jnp.int32(100))
+  np.testing.assert_allclose(x, reg.prepare(stages.render_maps(batch, lay)), atol=1e-6)
