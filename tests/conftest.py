@@ -33,6 +33,19 @@ class TinyPipeline:
     return config_lib.finalize(config)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+  """Groups tests for `pytest -n N --dist loadgroup` (pytest-xdist, see pytest.ini).
+
+  Each test module runs on one worker (its module fixtures compile once), and
+  every test of the session-trained tiny pipeline on one worker (it trains once).
+  """
+  del config
+  for item in items:
+    shared = 'tiny_pipeline' in getattr(item, 'fixturenames', ())
+    item.add_marker(pytest.mark.xdist_group('tiny_pipeline' if shared else item.module.__name__))
+
+
 @pytest.fixture(scope='session')
 def tiny_data_dir(tmp_path_factory) -> pathlib.Path:
   """A data_dir with configs/tiny.py's synthetic dataset built (once per session)."""
