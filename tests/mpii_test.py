@@ -252,3 +252,21 @@ def test_config_validation():
     mpii.MpiiConfig(name='x', annotation_format='xml')
   with pytest.raises(errors.ConfigError, match='holdout_every'):
     mpii.MpiiConfig(name='x', holdout_every=1)
+
+
+def test_skeleton_net_refuses_examples_without_depth(json_build, tiny_data_dir, monkeypatch):
+  """MPII without pseudo-3D for every person: fg = bg targets; training fails at start."""
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from deepskeleton_jax.training import config_lib  # pylint: disable=g-import-not-at-top
+  from deepskeleton_jax.training import train_loop  # pylint: disable=g-import-not-at-top
+  builder = json_build[0]
+  config = tiny.get_config()
+  config.data.data_dir = str(tiny_data_dir)
+  config = config_lib.finalize(config)
+  train_loop.check_depth(config)  # the synthetic set has depth everywhere
+  monkeypatch.setattr(train_loop.registry, 'data_source',
+                      lambda data, split, decode_image=True: builder.as_data_source(split))
+  config.data.name = 'mpii'
+  with pytest.raises(errors.ConfigError, match='pseudo_3d_file') as e:
+    train_loop.train_stage(config, '/nonexistent/workdir', 'skeleton_net')
+  assert 'of 4 sampled training examples have no 3D joints' in str(e.value)

@@ -61,6 +61,22 @@ def test_eval_writes_results_and_report(trained):
   assert list(out.glob('hypotheses_*.png'))
 
 
+def test_eval_streams_batches_and_keeps_only_the_figures(trained, tmp_path, monkeypatch):
+  """Scores accumulated over 2 batches equal one batch's; only num_figures examples kept."""
+  config, workdir = trained
+  kept_sizes = []
+  monkeypatch.setattr(evaluate, '_figures', lambda lay, kept, out: kept_sizes.append(len(kept)))
+  whole = evaluate.evaluate(config, workdir)
+  streamed_config = config.copy_and_resolve_references()
+  streamed_config.eval.batch_size = 4
+  streamed = evaluate.evaluate(streamed_config, workdir)
+  assert kept_sizes == [config.eval.num_figures] * 2
+  assert streamed['num_examples'] == whole['num_examples'] == 8
+  for table in ('mpjpe', 'pa_mpjpe'):
+    for row, value in whole[table].items():
+      np.testing.assert_allclose(streamed[table][row], value, rtol=1e-4, err_msg=f'{table} {row}')
+
+
 def test_predict_on_a_real_image(trained, shared_data, tmp_path):
   config, workdir = trained
   image = shared_data / 'mpii_samples' / '004645041.jpg'
