@@ -150,11 +150,10 @@ def bench_train_step(config, stage_name: str, batch_size: int, steps: int,
   tx = train_step.make_optimizer(tcfg)
   rng = jax.random.PRNGKey(0)
   norm = {'mean': np.zeros((16, 3), np.float32), 'std': np.float32(300.0)}
-  variables = jax.jit(lambda r: train_step.init_variables(stage, r))(rng)
+  variables = train_step.init_variables(stage, rng)
   aux = None
   if stage.needs:
-    aux = jax.jit(lambda r: train_step.init_variables(
-        stages_lib.build(config, stage.needs), r))(rng)
+    aux = train_step.init_variables(stages_lib.build(config, stage.needs), rng)
   batch = synthetic_batch(config, batch_size)
   if sharded:
     mesh = parallel.make_mesh(config.parallel.hyp_axis, devices)
@@ -188,11 +187,10 @@ def bench_inference(config, stage_name: str, batch_size: int, steps: int) -> dic
   """Times the eval-mode forward pass of a stage (all hypotheses)."""
   stage = stages_lib.build(config, stage_name)
   rng = jax.random.PRNGKey(0)
-  variables = jax.jit(lambda r: train_step.init_variables(stage, r))(rng)
+  variables = train_step.init_variables(stage, rng)
   aux = None
   if stage.needs:
-    aux = jax.jit(lambda r: train_step.init_variables(
-        stages_lib.build(config, stage.needs), r))(rng)
+    aux = train_step.init_variables(stages_lib.build(config, stage.needs), rng)
   norm = {'mean': jnp.zeros((16, 3)), 'std': jnp.float32(300.0)}
   batch = jax.device_put(parallel.numeric_fields(synthetic_batch(config, batch_size)))
 

@@ -229,7 +229,7 @@ def nan_step():
   tcfg = config[STAGE].train
   tx = train_step.make_optimizer(tcfg)
   rng = jax.random.PRNGKey(0)
-  variables = jax.jit(lambda r: train_step.init_variables(stage, r))(rng)
+  variables = train_step.init_variables(stage, rng)
   norm = {'mean': np.zeros((16, 3), np.float32), 'std': np.float32(300.0)}
   state = train_step.create_state(variables, tx, norm, rng).replace(step=jnp.int32(5))
   return config, state, jax.jit(train_step.make_train_step(stage, tcfg))

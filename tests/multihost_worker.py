@@ -85,7 +85,7 @@ def run_steps(config: ml_collections.ConfigDict, stage_name: str, mesh: jax.shar
   tx = train_step.make_optimizer(tcfg)
   init_rng, state_rng = jax.random.split(jax.random.PRNGKey(tcfg.seed))
   norm = {'mean': np.zeros((16, 3), np.float32), 'std': np.float32(300.0)}
-  variables = jax.jit(lambda r: train_step.init_variables(stage, r))(init_rng)
+  variables = train_step.init_variables(stage, init_rng)
   abstract = jax.eval_shape(lambda v, r: train_step.create_state(v, tx, norm, r),
                             variables, state_rng)
   sharding = parallel.state_sharding(mesh, abstract)
