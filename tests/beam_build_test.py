@@ -9,6 +9,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+import mpii_release  # tests/mpii_release.py
+
 from deepskeleton_jax import errors
 from deepskeleton_jax.data import registry
 
@@ -107,13 +109,8 @@ def test_bvh_beam_build_equals_the_sequential_build(shared_data, tmp_path):
 
 
 def test_mpii_beam_build_equals_the_sequential_build(shared_data, tmp_path):
-  samples = shared_data / 'mpii_samples'
   manual = tmp_path / 'manual'
-  (manual / 'images').mkdir(parents=True)
-  for f in samples.glob('*.jpg'):
-    shutil.copy(f, manual / 'images' / f.name)
-  shutil.copy(samples / 'test_mpii.json', manual / 'train.json')
-  shutil.copy(samples / 'test_mpii.json', manual / 'valid.json')
+  mpii_release.copy_json_release(shared_data, manual)
   bad = sorted((manual / 'images').glob('*.jpg'))[1]
   bad.write_bytes(b'not a jpeg')
   sequential = registry.prepare(_config('mpii', manual, tmp_path / 'seq', 0,

@@ -11,6 +11,8 @@ import pytest
 import scipy.io
 import tensorflow_datasets as tfds
 
+import mpii_release  # tests/mpii_release.py
+
 from deepskeleton_jax import errors
 from deepskeleton_jax.data import registry
 from deepskeleton_jax.geometry import camera
@@ -31,20 +33,10 @@ def _examples(builder, split):
   return [source[i] for i in range(len(source))]
 
 
-def _json_manual(shared_data, root):
-  samples = shared_data / 'mpii_samples'
-  (root / 'images').mkdir(parents=True)
-  for f in samples.glob('*.jpg'):
-    shutil.copy(f, root / 'images' / f.name)
-  shutil.copy(samples / 'test_mpii.json', root / 'train.json')
-  shutil.copy(samples / 'test_mpii.json', root / 'valid.json')
-  return json.loads((samples / 'test_mpii.json').read_text())
-
-
 @pytest.fixture(scope='module')
 def json_build(shared_data, tmp_path_factory):
   root = tmp_path_factory.mktemp('mpii_manual')
-  annotations = _json_manual(shared_data, root)
+  annotations = mpii_release.copy_json_release(shared_data, root)
   shutil.copy(shared_data / 'mpii_eval' / 'valid.h5', root / 'valid.h5')
   # Pseudo-3D for one person only.
   pseudo = np.arange(48, dtype=np.float32).reshape(16, 3) + 2000
@@ -207,7 +199,7 @@ def test_missing_files_are_listed(mat_manual, tmp_path, shared_data):
 def test_bad_joints_rejected_and_corrupt_images_skipped_or_strict(
     shared_data, tmp_path, caplog):
   root = tmp_path / 'm'
-  annotations = _json_manual(shared_data, root)
+  annotations = mpii_release.copy_json_release(shared_data, root)
   annotations[2]['joints'][4] = [1e7, 3.0]  # Far outside the image.
   (root / 'train.json').write_text(json.dumps(annotations))
   with caplog.at_level(logging.WARNING):
