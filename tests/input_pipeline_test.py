@@ -19,7 +19,7 @@ R_WRIST, L_WRIST = skeleton.JOINT_INDEX['r_wrist'], skeleton.JOINT_INDEX['l_wris
 def _data_config(data_dir, **kwargs):
   cfg = ml_collections.ConfigDict({
       'name': 'synthetic', 'data_dir': str(data_dir), 'manual_dir': '',
-      'builder_kwargs': {'num_train': 12, 'num_test': 10, 'crop_size': 64},
+      'builder_kwargs': {'num_train': 12, 'num_test': 10, 'num_poses': 8, 'crop_size': 64},
       'train_split': 'train', 'eval_split': 'test',
       'crop_scales': (1.0, 1.25, 1.5), 'input_size': 32, 'augment': False,
       'worker_count': 0, 'seed': 0})
@@ -196,6 +196,34 @@ def test_restored_state_continues_exactly(data_dir):
       np.testing.assert_array_equal(got[key], want[key], err_msg=key)
   fresh = next(make())
   assert not np.array_equal(fresh['index'], expected[0]['index'])
+
+
+@pytest.mark.parametrize('stop', [1, 3, 5])
+def test_chained_iterator_switches_after_n_batches_and_resumes_in_either_phase(
+    data_dir, stop):
+  cfg = _data_config(data_dir)
+
+  def make():
+    stream = lambda split: input_pipeline.make_iterator(
+        cfg, split, 4, shuffle=True, num_epochs=None, process_index=0, process_count=1)
+    return input_pipeline.ChainedIterator(stream('poses'), 3, stream('train'))
+
+  it = make()
+  batches = [next(it) for _ in range(6)]
+  for i, batch in enumerate(batches):
+    split = 'poses' if i < 3 else 'train'
+    assert all(n.startswith(split + '/') for n in batch['image_name']), (i, batch['image_name'])
+    assert batch['image'].any() == (split == 'train')  # Image-free examples: zeros.
+    assert {k: v.shape for k, v in batch.items()} == {k: v.shape for k, v in batches[0].items()}
+  it = make()
+  for _ in range(stop):
+    next(it)
+  resumed = make()
+  resumed.set_state(json.loads(json.dumps(it.get_state())))
+  for want in batches[stop:]:
+    got = next(resumed)
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
 
 def test_worker_processes_give_the_same_batches(data_dir):

@@ -185,9 +185,12 @@ def test_report_pckh_prints_both_means():
   assert 'Table 10' in text and '49.5' in text and '51.0' in text
 
 
-@pytest.mark.parametrize('key,value', [('val_split', 'test'), ('train_split', 'test[:10]')])
+@pytest.mark.parametrize('key,value', [('data.val_split', 'test'),
+                                       ('data.train_split', 'test[:10]'),
+                                       ('regressor.gt_split', 'test')])
 def test_training_splits_must_not_be_the_test_split(key, value):
   c = config_lib.base_config()
-  c.data[key] = value
-  with pytest.raises(ValueError, match='only by --mode=eval'):
+  group, name = key.split('.')
+  c[group][name] = value
+  with pytest.raises(ValueError, match=f'config.{key}=.*only by --mode=eval'):
     config_lib.finalize(c)

@@ -59,3 +59,18 @@ def test_gt_input_ignores_step():
   norm = {'mean': jnp.zeros((16, 3)), 'std': jnp.ones(())}
   x, _ = reg.make_inputs(batch, None, norm, jnp.int32(100))
   np.testing.assert_allclose(x, reg.prepare(stages.render_maps(batch, lay)), atol=1e-6)
+
+
+def test_rendered_map_steps_read_gt_split(monkeypatch):
+  from deepskeleton_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  from deepskeleton_jax.training import train_loop  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(input_pipeline, 'make_iterator',
+                      lambda data, split, *a, **k: split)
+  monkeypatch.setattr(input_pipeline, 'ChainedIterator', lambda *parts: parts)
+  predicted = _config(input='predicted', gt_steps=7, gt_split='poses')
+  assert train_loop.train_iterator(predicted, 'regressor') == ('poses', 7, 'train')
+  assert train_loop.train_iterator(predicted, 'skeleton_net') == 'train'
+  assert train_loop.train_iterator(_config(input='gt', gt_split='poses'), 'regressor') == 'poses'
+  assert train_loop.train_iterator(_config(input='predicted', gt_steps=0, gt_split='poses'),
+                                   'regressor') == 'train'
+  assert train_loop.train_iterator(_config(input='gt'), 'regressor') == 'train'

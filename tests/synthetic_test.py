@@ -12,8 +12,9 @@ from deepskeleton_jax.geometry import skeleton
 
 pose_sampler = registry.load_module('synthetic', 'pose_sampler')
 synthetic_render = registry.load_module('synthetic', 'synthetic_render')
+synthetic = registry.load_module('synthetic', 'synthetic')
 
-TINY = {'num_train': 16, 'num_test': 8, 'crop_size': 64, 'seed': 3}
+TINY = {'num_train': 16, 'num_test': 8, 'num_poses': 8, 'crop_size': 64, 'seed': 3}
 
 
 def _config(data_dir, **kwargs):
@@ -51,8 +52,34 @@ def test_splits_and_fields(built):
   assert train_people.isdisjoint({ex['subject'] for ex in test})
 
 
+def test_poses_split_is_image_free_and_other_people(built, tmp_path):
+  poses = _read(built, 'poses')
+  assert len(poses) == 8
+  for ex in poses:
+    assert ex['image'].shape[:2] == (1, 1) and not ex['image'].any()
+    assert ex['has_3d'] and ex['has_intrinsics'] and ex['visible'].all()
+    assert ex['image_name'].decode().startswith('poses/')
+  people = {ex['subject'] for ex in poses}
+  assert people.isdisjoint({ex['subject'] for ex in _read(built, 'train') + _read(built, 'test')})
+  # num_poses = 0 (the default) writes no such split.
+  without = _config(tmp_path, num_poses=0)
+  registry.prepare(without)
+  assert 'poses' not in registry.get_builder(without).info.splits
+
+
+@pytest.mark.parametrize('index', [0, 5, 21])
+def test_image_free_examples_have_the_labels_a_rendered_crop_would_have(index):
+  rendered = synthetic.make_synthetic_example(3, 'train', index, 64, 60.0, (0.0, 20.0))
+  free = synthetic.make_synthetic_example(3, 'train', index, 64, 60.0, (0.0, 20.0),
+                                          image=False)
+  for key, value in rendered.items():
+    if key != 'image':
+      np.testing.assert_array_equal(free[key], value, err_msg=key)
+  assert free['image'] != rendered['image']
+
+
 def test_joints_2d_are_the_projection_of_joints_3d(built):
-  for ex in _read(built, 'train'):
+  for ex in _read(built, 'train') + _read(built, 'poses'):
     intr = ex['intrinsics'].astype(np.float64)
     proj = camera.project(ex['joints_3d'].astype(np.float64), intr[:2], intr[2:])
     np.testing.assert_allclose(proj, ex['joints_2d'], atol=2e-3)

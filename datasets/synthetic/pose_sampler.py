@@ -79,14 +79,19 @@ def sample_person(rng: np.random.Generator) -> Person:
     A `Person` whose segment lengths are height x proportion x a per-segment
     factor in `PROPORTION_RANGE` (left and right sides equal).
   """
-  height = float(np.clip(rng.normal(1700.0, 90.0), *HEIGHT_RANGE_MM))
+  height = _clip(rng.normal(1700.0, 90.0), *HEIGHT_RANGE_MM)
   lengths = {
-      k: height * v * float(np.clip(1.0 + 0.035 * rng.normal(), *PROPORTION_RANGE))
+      k: height * v * _clip(1.0 + 0.035 * rng.normal(), *PROPORTION_RANGE)
       for k, v in _LENGTHS.items()}
   build = float(rng.uniform(*BUILD_RANGE))
   radii = {k: height * v * build for k, v in _RADII.items()}
   radii['head'] = min(radii['head'] / build, 0.5 * lengths['head'])
   return Person(height=height, lengths=lengths, radii=radii)
+
+
+def _clip(value: float, lo: float, hi: float) -> float:
+  """float(np.clip(value, lo, hi)) for a scalar, without numpy's call overhead."""
+  return float(min(max(value, lo), hi))
 
 
 def _u(rng, lo, hi):
@@ -116,7 +121,7 @@ def sample_angles(rng: np.random.Generator, family: str) -> dict[str, float]:
   for name, value in a.items():
     base = name[2:] if name[:2] in ('l_', 'r_') and name[2:] in _SIDED else name
     lo, hi = ANGLE_LIMITS[base]
-    out[name] = float(np.clip(value + rng.normal(0.0, 4.0), lo, hi))
+    out[name] = _clip(value + rng.normal(0.0, 4.0), lo, hi)
   return out
 
 
@@ -343,3 +348,62 @@ def sample_camera(rng: np.random.Generator, joints: np.ndarray,
   return Camera(rotation=rotation, translation=translation,
                 intrinsics=np.array([focal, focal, *principal]),
                 view=VIEW_NAMES[sector])
+
+
+@dataclasses.dataclass(frozen=True)
+class View:
+  """A sampled pose seen by a sampled camera, with its labels.
+
+  Attributes:
+    family: the pose family (the example's `action`).
+    joints_body: [16, 3] body-frame joints (mm).
+    extras: the renderer's extra body-frame points (`forward_kinematics`).
+    camera: the `Camera`.
+    joints_3d: [16, 3] float32 camera-frame joints (mm).
+    joints_2d: [16, 2] float32 projections in crop pixels.
+    head_size: 0.6 x the diagonal of a square head box whose side is the
+      projected neck-to-head-top length (MPII's convention), crop pixels.
+  """
+  family: str
+  joints_body: np.ndarray
+  extras: dict[str, np.ndarray]
+  camera: Camera
+  joints_3d: np.ndarray
+  joints_2d: np.ndarray
+  head_size: float
+
+
+def sample_view(rng: np.random.Generator, person: Person, crop_size: int,
+                crop_scale: float, yaw_deg: float = 180.0,
+                pitch_deg: tuple[float, float] = (-10.0, 35.0)) -> View:
+  """Samples a pose family, its joint angles and a camera; projects the joints.
+
+  The draws (and so the dataset's examples) are those the renderer makes
+  before it draws the scene; image-free examples (the 'poses' split) use
+  this alone.
+
+  Args:
+    rng: numpy random generator (consumed).
+    person: the body.
+    crop_size: stored crop side in pixels.
+    crop_scale: stored crop side / person box side.
+    yaw_deg: camera yaw range (`sample_camera`).
+    pitch_deg: camera pitch range (`sample_camera`).
+
+  Returns:
+    A `View`.
+  """
+  family = POSE_FAMILIES[rng.integers(len(POSE_FAMILIES))]
+  joints, extras = forward_kinematics(person, sample_angles(rng, family))
+  cam = sample_camera(rng, joints, margin_mm=1.2 * person.radii['head'],
+                      crop_size=crop_size, crop_scale=crop_scale,
+                      yaw_deg=yaw_deg, pitch_deg=pitch_deg)
+  joints_cam = cam.to_camera(joints)
+  fx, fy, cx, cy = cam.intrinsics
+  joints_2d = joints_cam[:, :2] / joints_cam[:, 2:3] * [fx, fy] + [cx, cy]
+  head_len = np.linalg.norm(joints[J['head_top']] - joints[J['upper_neck']])
+  head_depth = 0.5 * (joints_cam[J['head_top'], 2] + joints_cam[J['upper_neck'], 2])
+  head_size = 0.6 * np.sqrt(2.0) * fx * head_len / head_depth
+  return View(family=family, joints_body=joints, extras=extras, camera=cam,
+              joints_3d=joints_cam.astype(np.float32),
+              joints_2d=joints_2d.astype(np.float32), head_size=float(head_size))

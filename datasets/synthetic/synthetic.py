@@ -16,6 +16,11 @@ is the projected neck-to-head-top length, subject = person id (train and test
 people are disjoint), frame = example index in the split, image_name =
 '<split>/<subject>/<frame>'.
 
+With `num_poses` > 0 the build also writes a 'poses' split: image-free
+examples (a 1x1 placeholder image) drawn like 'train' from other people,
+whose labels alone feed the regressors' rendered-map steps
+(`config.regressor.gt_split`); about 40x cheaper to make than a rendered crop.
+
 Deterministic per `seed`: example i of a split depends only on (seed, split,
 person = i // EXAMPLES_PER_PERSON, i). Build it with
 `python run.py --mode=prepare --config=configs/<x>.py` (which calls
@@ -39,7 +44,7 @@ CROP_SCALE = 1.5
 EXAMPLES_PER_PERSON = 16
 # 'holdout' is drawn like 'train' (other people): the validation split of the
 # plateau schedule, so training never opens 'test'.
-_SPLITS = {'train': 0, 'test': 1, 'holdout': 2}
+_SPLITS = {'train': 0, 'test': 1, 'holdout': 2, 'poses': 3}
 
 
 @dataclasses.dataclass
@@ -50,6 +55,7 @@ class SyntheticConfig(tfds.core.BuilderConfig):
     num_train: number of training examples.
     num_test: number of test examples.
     num_holdout: number of held-out training examples (validation split).
+    num_poses: number of image-free examples in the 'poses' split (0: none).
     crop_size: side of the stored crop in pixels.
     seed: random seed; equal seeds give equal datasets.
     camera_yaw_deg: camera yaw around the person uniform in +-this (0 = in
@@ -60,6 +66,7 @@ class SyntheticConfig(tfds.core.BuilderConfig):
   num_train: int = 3000
   num_test: int = 300
   num_holdout: int = 200
+  num_poses: int = 0
   crop_size: int = 144
   seed: int = 0
   camera_yaw_deg: float = 180.0
@@ -70,8 +77,9 @@ class SyntheticConfig(tfds.core.BuilderConfig):
 class Synthetic(tfds.core.GeneratorBasedBuilder):
   """Procedurally rendered people with exact 3D poses and cameras."""
 
-  VERSION = tfds.core.Version('1.1.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release.', '1.1.0': "A 'holdout' split."}
+  VERSION = tfds.core.Version('1.2.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.', '1.1.0': "A 'holdout' split.",
+                   '1.2.0': "An image-free 'poses' split (num_poses)."}
   BUILDER_CONFIGS = [SyntheticConfig(
       name='default', description='3000 train / 200 holdout / 300 test crops of 144 px.')]
 
@@ -83,8 +91,8 @@ class Synthetic(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     del dl_manager  # Nothing to download.
     cfg = self.builder_config
-    for name, low in (('num_train', 1), ('num_test', 1), ('num_holdout', 1), ('crop_size', 16),
-                      ('seed', 0)):
+    for name, low in (('num_train', 1), ('num_test', 1), ('num_holdout', 1), ('num_poses', 0),
+                      ('crop_size', 16), ('seed', 0)):
       if getattr(cfg, name) < low:
         raise errors.ConfigError(f'data.builder_kwargs.{name} must be >= {low}, got '
                          f'{getattr(cfg, name)}')
@@ -92,7 +100,8 @@ class Synthetic(tfds.core.GeneratorBasedBuilder):
       raise errors.ConfigError(
           'data.builder_kwargs.camera_pitch_min_deg/camera_pitch_max_deg must satisfy '
           f'-90 <= min <= max <= 90, got {cfg.camera_pitch_min_deg}, {cfg.camera_pitch_max_deg}')
-    return {split: self._generate_examples(split) for split in _SPLITS}
+    return {split: self._generate_examples(split) for split in _SPLITS
+            if split != 'poses' or cfg.num_poses}
 
   def _generate_examples(self, split: str):
     """Yields (key, example); rejected examples are counted in the log."""
@@ -103,7 +112,8 @@ class Synthetic(tfds.core.GeneratorBasedBuilder):
       try:
         yield index, make_synthetic_example(
             cfg.seed, split, index, cfg.crop_size, camera_yaw_deg=cfg.camera_yaw_deg,
-            camera_pitch_deg=(cfg.camera_pitch_min_deg, cfg.camera_pitch_max_deg))
+            camera_pitch_deg=(cfg.camera_pitch_min_deg, cfg.camera_pitch_max_deg),
+            image=split != 'poses')
       except example_format.InvalidExample as e:
         rejected += 1
         logging.warning('synthetic %s example %d rejected: %s', split, index, e)
@@ -113,17 +123,19 @@ class Synthetic(tfds.core.GeneratorBasedBuilder):
 
 def make_synthetic_example(seed: int, split: str, index: int, crop_size: int,
                            camera_yaw_deg: float = 180.0,
-                           camera_pitch_deg: tuple[float, float] = (-10.0, 35.0)
-                           ) -> dict:
+                           camera_pitch_deg: tuple[float, float] = (-10.0, 35.0),
+                           image: bool = True) -> dict:
   """Renders example `index` of `split` as an `example_format` example dict.
 
   Args:
     seed: dataset seed.
-    split: 'train' or 'test'.
+    split: one of 'train', 'test', 'holdout', 'poses'.
     index: example index in the split.
     crop_size: stored crop side.
     camera_yaw_deg: camera yaw range (see `SyntheticConfig`).
     camera_pitch_deg: (min, max) camera pitch.
+    image: render the crop; False samples the pose and camera only and
+      stores a placeholder image (the 'poses' split).
 
   Returns:
     The example dict.
@@ -135,11 +147,19 @@ def make_synthetic_example(seed: int, split: str, index: int, crop_size: int,
   person_id = index // EXAMPLES_PER_PERSON
   person_rng = np.random.default_rng([seed, _SPLITS[split], person_id])
   person = pose_sampler.sample_person(person_rng)
-  appearance = synthetic_render.sample_appearance(person_rng)
   rng = np.random.default_rng([seed, _SPLITS[split], person_id, index])
-  sample = synthetic_render.render_sample(rng, person, appearance, crop_size,
-                                          CROP_SCALE, camera_yaw_deg=camera_yaw_deg,
-                                          camera_pitch_deg=camera_pitch_deg)
+  if image:
+    appearance = synthetic_render.sample_appearance(person_rng)
+    sample = synthetic_render.render_sample(rng, person, appearance, crop_size,
+                                            CROP_SCALE, camera_yaw_deg=camera_yaw_deg,
+                                            camera_pitch_deg=camera_pitch_deg)
+  else:
+    view = pose_sampler.sample_view(rng, person, crop_size, CROP_SCALE,
+                                    camera_yaw_deg, camera_pitch_deg)
+    sample = synthetic_render.Sample(
+        image=None, joints_3d=view.joints_3d, joints_2d=view.joints_2d,
+        intrinsics=view.camera.intrinsics.astype(np.float32), head_size=view.head_size,
+        action=view.family, view=view.camera.view)
   if not (np.all(np.isfinite(sample.joints_2d))
           and np.all(sample.joints_2d >= 0) and np.all(sample.joints_2d <= crop_size)):
     raise example_format.InvalidExample(

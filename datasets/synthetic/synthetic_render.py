@@ -243,7 +243,7 @@ def render_person(image: np.ndarray, depth: np.ndarray, camera: pose_sampler.Cam
 @dataclasses.dataclass(frozen=True)
 class Sample:
   """One rendered synthetic example (crop pixels, camera frame)."""
-  image: np.ndarray       # [S, S, 3] uint8
+  image: np.ndarray | None  # [S, S, 3] uint8 (None: an image-free example)
   joints_3d: np.ndarray   # [16, 3] mm, camera frame
   joints_2d: np.ndarray   # [16, 2] crop pixels
   intrinsics: np.ndarray  # [4] crop pixels
@@ -275,12 +275,9 @@ def render_sample(rng: np.random.Generator, person: pose_sampler.Person,
     A `Sample`. The head size is 0.6 x the diagonal of a square head box
     whose side is the projected neck-to-head-top length (MPII's convention).
   """
-  family = pose_sampler.POSE_FAMILIES[rng.integers(len(pose_sampler.POSE_FAMILIES))]
-  angles = pose_sampler.sample_angles(rng, family)
-  joints, extras = pose_sampler.forward_kinematics(person, angles)
-  cam = pose_sampler.sample_camera(rng, joints, margin_mm=1.2 * person.radii['head'],
-                                   crop_size=crop_size, crop_scale=crop_scale,
-                                   yaw_deg=camera_yaw_deg, pitch_deg=camera_pitch_deg)
+  view = pose_sampler.sample_view(rng, person, crop_size, crop_scale,
+                                  camera_yaw_deg, camera_pitch_deg)
+  joints, extras, cam = view.joints_body, view.extras, view.camera
   light = np.array([rng.uniform(-1, 1), rng.uniform(-1.2, 0.2), -rng.uniform(0.6, 1.5)])
   light /= np.linalg.norm(light)
   tint = rng.normal(1.0, 0.05, size=3)
@@ -291,7 +288,6 @@ def render_sample(rng: np.random.Generator, person: pose_sampler.Person,
   noise = rng.standard_normal(image.shape, dtype=np.float32)
   noise *= rng.uniform(1.0, 5.0)
 
-  joints_cam = cam.to_camera(joints)
   if draw_person:
     depth = np.full((crop_size, crop_size), np.inf, np.float32)
     head_axes = (cam.rotation @ (joints[J['head_top']] - joints[J['upper_neck']]),
@@ -301,13 +297,7 @@ def render_sample(rng: np.random.Generator, person: pose_sampler.Person,
     render_person(image, depth, cam, prims, appearance, light, ambient,
                   diffuse, head_axes)
   image = cv2.GaussianBlur(image, (0, 0), blur) + noise
-  fx, fy, cx, cy = cam.intrinsics
-  joints_2d = joints_cam[:, :2] / joints_cam[:, 2:3] * [fx, fy] + [cx, cy]
-  head_len = np.linalg.norm(joints[J['head_top']] - joints[J['upper_neck']])
-  head_depth = 0.5 * (joints_cam[J['head_top'], 2] + joints_cam[J['upper_neck'], 2])
-  head_size = 0.6 * np.sqrt(2.0) * fx * head_len / head_depth
   return Sample(image=np.clip(image, 0, 255).astype(np.uint8),
-                joints_3d=joints_cam.astype(np.float32),
-                joints_2d=joints_2d.astype(np.float32),
+                joints_3d=view.joints_3d, joints_2d=view.joints_2d,
                 intrinsics=cam.intrinsics.astype(np.float32),
-                head_size=float(head_size), action=family, view=cam.view)
+                head_size=view.head_size, action=view.family, view=cam.view)

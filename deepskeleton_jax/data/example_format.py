@@ -23,6 +23,7 @@ Fields:
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -69,6 +70,12 @@ class InvalidExample(ValueError):
   """An example with NaN or out-of-range annotations (rejected at build time)."""
 
 
+@functools.lru_cache(maxsize=1)
+def _placeholder_jpeg() -> bytes:
+  """The 1x1 black JPEG that image-free examples store."""
+  return image_ops.encode_jpeg(np.zeros((1, 1, 3), np.uint8))
+
+
 def make_example(image: np.ndarray | None, *, center: np.ndarray, box_size: float,
                  crop_size: int, crop_scale: float, joints_2d: np.ndarray,
                  visible: np.ndarray, joints_3d: np.ndarray | None = None,
@@ -112,11 +119,11 @@ def make_example(image: np.ndarray | None, *, center: np.ndarray, box_size: floa
   crop_joints = camera.apply_affine(np.where(visible[:, None], joints_2d, 0.0),
                                     image_to_crop).astype(np.float32)
   if image is None:
-    crop = np.zeros((1, 1, 3), np.uint8)
+    encoded = _placeholder_jpeg()
   else:
-    crop = image_ops.warp_affine(image, image_to_crop, crop_size)
+    encoded = image_ops.encode_jpeg(image_ops.warp_affine(image, image_to_crop, crop_size))
   example = {
-      'image': image_ops.encode_jpeg(crop),
+      'image': encoded,
       'crop_to_image': camera.invert_affine(image_to_crop).astype(np.float32),
       'crop_scale': np.float32(crop_scale),
       'joints_2d': crop_joints,

@@ -450,3 +450,39 @@ def make_iterator(data_config: Any, split: str, global_batch_size: int, *,
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
   return BatchIterator(it_ds, num_batches, batch)
 
+
+
+class ChainedIterator(Iterator[dict[str, np.ndarray]]):
+  """The first `num_first` batches of one iterator, then those of another.
+
+  The state (`get_state` / `set_state`) records how many batches were taken
+  and the active iterator's own state, so a run resumed in either phase goes
+  on where it stopped. Both iterators must yield batches of equal shapes (a
+  phase switch does not recompile the step).
+  """
+
+  def __init__(self, first: BatchIterator, num_first: int, second: BatchIterator):
+    self._iterators = (first, second)
+    self._num_first = int(num_first)
+    self._taken = 0
+    self.num_batches = None
+    self.batch_size = second.batch_size
+
+  def __iter__(self) -> ChainedIterator:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = next(self._iterators[self._phase])
+    self._taken += 1
+    return batch
+
+  @property
+  def _phase(self) -> int:
+    return int(self._taken >= self._num_first)
+
+  def get_state(self) -> dict[str, Any]:
+    return {'taken': self._taken, 'active': self._iterators[self._phase].get_state()}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._taken = int(state['taken'])
+    self._iterators[self._phase].set_state(state['active'])

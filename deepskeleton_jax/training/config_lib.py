@@ -101,6 +101,9 @@ def _stage_groups() -> dict[str, ml_collections.ConfigDict]:
           'input': 'gt',        # 'gt': maps rendered from labels; 'predicted': SkeletonMapNet
           'gt_fraction': 0.0,   # input='predicted': this part of each batch gets 'gt' maps
           'gt_steps': 0,        # input='predicted': the first gt_steps steps see 'gt' maps only
+          # The split those rendered-map steps read ('': data.train_split), e.g.
+          # the synthetic set's image-free 'poses' (labels only, many more poses).
+          'gt_split': '',
           'input_size': 224,    # maps are resized to this before regression
           'train': train_group(batch_size=32, num_steps=200_000, learning_rate=1e-2),
       }),
@@ -248,9 +251,10 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.data.crop_scales = tuple(scales)
   _check(config.data.name in DATASETS, 'data.name', config.data.name,
          f'one of {DATASETS}')
-  for key in ('train_split', 'val_split'):
-    _check(config.data[key].split('[')[0] != config.data.eval_split.split('[')[0],
-           f'data.{key}', config.data[key],
+  for key, split in (('data.train_split', config.data.train_split),
+                     ('data.val_split', config.data.val_split),
+                     ('regressor.gt_split', config.regressor.gt_split)):
+    _check(split.split('[')[0] != config.data.eval_split.split('[')[0], key, split,
            f'a split other than data.eval_split={config.data.eval_split!r} (the test '
            'split is opened only by --mode=eval)')
   _check(config.data.beam_num_workers >= 0, 'data.beam_num_workers',

@@ -59,6 +59,34 @@ def pose_norm(config: ml_collections.ConfigDict, max_examples: int = 4096) -> di
   return {'mean': mean.astype(np.float32), 'std': np.float32(max(std, 1e-3))}
 
 
+def train_iterator(config: ml_collections.ConfigDict, stage_name: str) -> Any:
+  """The endless, shuffled training stream of a stage.
+
+  The regressors' steps on maps rendered from labels read
+  `config.regressor.gt_split` when it is set (e.g. the synthetic set's
+  image-free 'poses' split): all steps with `regressor.input='gt'`, the first
+  `regressor.gt_steps` with 'predicted' (then `data.train_split`, whose images
+  the SkeletonMapNet sees).
+  """
+  tcfg = config[stage_name].train
+
+  def stream(split):
+    return input_pipeline.make_iterator(
+        config.data, split, tcfg.batch_size, shuffle=True, num_epochs=None,
+        seed=tcfg.seed, process_index=jax.process_index(),
+        process_count=jax.process_count(), drop_remainder=True)
+
+  reg = config.regressor
+  if stage_name not in ('regressor', 'ensemble') or not reg.gt_split:
+    return stream(config.data.train_split)
+  if reg.input == 'gt':
+    return stream(reg.gt_split)
+  if not reg.gt_steps:
+    return stream(config.data.train_split)
+  return input_pipeline.ChainedIterator(stream(reg.gt_split), reg.gt_steps,
+                                        stream(config.data.train_split))
+
+
 class Preempted(Exception):
   """Raised after SIGTERM once the checkpoint is saved (run.py exits with 0)."""
 
@@ -154,10 +182,7 @@ def _train_stage(config, workdir, stage_name, preempt):
   if stage.needs:
     aux = checkpointing.load_variables(workdir, stage.needs)['variables']
     aux = jax.device_put(aux, parallel.replicated(mesh))
-  iterator = input_pipeline.make_iterator(
-      config.data, config.data.train_split, tcfg.batch_size, shuffle=True,
-      num_epochs=None, seed=tcfg.seed, process_index=jax.process_index(),
-      process_count=jax.process_count(), drop_remainder=True)
+  iterator = train_iterator(config, stage_name)
   mngr = checkpointing.manager(workdir, stage_name, tcfg.keep_checkpoints)
   state, state_sharding = _initial_state(config, stage, mesh, mngr, iterator)
   writer = metric_writer.MetricWriter(f'{workdir}/{stage_name}')
