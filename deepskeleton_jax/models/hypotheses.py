@@ -45,15 +45,6 @@ def num_hypotheses(variables: PyTree) -> int:
   return sizes.pop()
 
 
-# A model's init (random draws for every parameter, and one forward pass for
-# the shapes) runs once per hypothesis: compiling it without XLA's backend
-# optimisations takes a third of the time on CPU (a small SkeletonMapNet: 22 s
-# -> 7 s, measured); its values may differ from an optimised compile's in the
-# last float bits.
-INIT_COMPILER_OPTIONS = {'xla_backend_optimization_level': 0,
-                         'xla_llvm_disable_expensive_passes': True}
-
-
 def init_stacked(model: nn.Module, rng: jax.Array | Mapping[str, jax.Array],
                  num: int, *inputs: Any, **kwargs: Any) -> PyTree:
   """Initialises `num` independent copies of `model` as one stacked tree.
@@ -75,14 +66,9 @@ def init_stacked(model: nn.Module, rng: jax.Array | Mapping[str, jax.Array],
 
   # One compiled init called once per hypothesis, not a vmap over them: XLA:CPU
   # compiles the vmapped init of a small SkeletonMapNet in 47 s of CPU time and
-  # a single one in 26 s (measured); the variables are the same. The init runs
-  # once, so it is compiled without XLA's optimisations (INIT_COMPILER_OPTIONS).
-  def init(r, *xs):
-    return model.init(r, *xs, **kwargs)
-
+  # a single one in 26 s (measured); the variables are the same.
+  init = jax.jit(lambda r, *xs: model.init(r, *xs, **kwargs))
   keys = _split_rngs(rng, num)
-  if not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((keys, inputs))):
-    init = jax.jit(init, compiler_options=INIT_COMPILER_OPTIONS)  # Else traced inline.
   outs = [init(jax.tree.map(lambda k, i=i: k[i], keys), *inputs) for i in range(num)]
   return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
