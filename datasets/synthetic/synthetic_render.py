@@ -297,7 +297,11 @@ def render_sample(rng: np.random.Generator, person: pose_sampler.Person,
     render_person(image, depth, cam, prims, appearance, light, ambient,
                   diffuse, head_axes)
   image = cv2.GaussianBlur(image, (0, 0), blur) + noise
-  return Sample(image=np.clip(image, 0, 255).astype(np.uint8),
-                joints_3d=view.joints_3d, joints_2d=view.joints_2d,
-                intrinsics=cam.intrinsics.astype(np.float32),
-                head_size=view.head_size, action=view.family, view=cam.view)
+  return sample_of_view(view, np.clip(image, 0, 255).astype(np.uint8))
+
+
+def sample_of_view(view: pose_sampler.View, image: np.ndarray | None) -> Sample:
+  """The `Sample` of a sampled view and its crop (None: an image-free example)."""
+  return Sample(image=image, joints_3d=view.joints_3d, joints_2d=view.joints_2d,
+                intrinsics=view.camera.intrinsics.astype(np.float32),
+                head_size=view.head_size, action=view.family, view=view.camera.view)

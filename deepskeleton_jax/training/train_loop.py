@@ -77,14 +77,13 @@ def train_iterator(config: ml_collections.ConfigDict, stage_name: str) -> Any:
         process_count=jax.process_count(), drop_remainder=True)
 
   reg = config.regressor
-  if stage_name not in ('regressor', 'ensemble') or not reg.gt_split:
-    return stream(config.data.train_split)
-  if reg.input == 'gt':
-    return stream(reg.gt_split)
-  if not reg.gt_steps:
-    return stream(config.data.train_split)
-  return input_pipeline.ChainedIterator(stream(reg.gt_split), reg.gt_steps,
-                                        stream(config.data.train_split))
+  gt_split = reg.gt_split if stage_name in ('regressor', 'ensemble') else ''
+  if gt_split and reg.input == 'gt':
+    return stream(gt_split)
+  if gt_split and reg.gt_steps:
+    return input_pipeline.ChainedIterator(stream(gt_split), reg.gt_steps,
+                                          stream(config.data.train_split))
+  return stream(config.data.train_split)
 
 
 class Preempted(Exception):
