@@ -182,6 +182,56 @@ def heatmap_loss(heatmaps: Sequence[jax.Array], targets: jax.Array,
   return jnp.mean(jnp.stack(losses))
 
 
+def soft_argmax(heatmaps: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Integral decoding (Sun et al., ECCV 2018): the softmax-weighted mean position.
+
+  Each map is read as logits; its softmax over the pixels is a distribution
+  whose mean, at pixel centres (j + 0.5, i + 0.5), is the joint.
+
+  Args:
+    heatmaps: [B, h, w, K] logits.
+
+  Returns:
+    joints: float32 [B, K, 2] continuous (x, y) in heatmap pixels.
+    confidence: float32 [B, K], the largest softmax probability of each map.
+  """
+  chex.assert_rank(heatmaps, 4)
+  b, h, w, k = heatmaps.shape
+  flat = jnp.moveaxis(heatmaps.astype(jnp.float32), -1, 1).reshape(b, k, h * w)
+  prob = jax.nn.softmax(flat, axis=-1).reshape(b, k, h, w)
+  xs = jnp.sum(prob.sum(axis=2) * (jnp.arange(w, dtype=jnp.float32) + 0.5), axis=-1)
+  ys = jnp.sum(prob.sum(axis=3) * (jnp.arange(h, dtype=jnp.float32) + 0.5), axis=-1)
+  return jnp.stack([xs, ys], axis=-1), jnp.max(prob.reshape(b, k, h * w), axis=-1)
+
+
+def integral_loss(heatmaps: Sequence[jax.Array], joints_2d: jax.Array,
+                  visible: jax.Array) -> jax.Array:
+  """Intermediate-supervision integral loss: mean over stacks of the masked L1.
+
+  Each stack's loss is the mean absolute coordinate error of `soft_argmax`
+  over the visible joints (heatmap pixels, x and y averaged).
+
+  Args:
+    heatmaps: one [B, h, w, K] logit map per stack.
+    joints_2d: [B, K, 2] targets (x, y) in heatmap pixels.
+    visible: [B, K] bool.
+
+  Returns:
+    float32 scalar.
+  """
+  if not heatmaps:
+    raise ValueError('heatmaps must be a non-empty list of [B, h, w, K] arrays')
+  chex.assert_shape(joints_2d, (heatmaps[0].shape[0], heatmaps[0].shape[3], 2))
+  chex.assert_shape(visible, joints_2d.shape[:2])
+  weight = jnp.asarray(visible, jnp.float32)[..., None]
+  count = 2.0 * jnp.sum(weight)
+  losses = []
+  for hm in heatmaps:
+    err = jnp.abs(soft_argmax(hm)[0] - joints_2d)
+    losses.append(jnp.sum(err * weight) / jnp.maximum(count, 1.0))
+  return jnp.mean(jnp.stack(losses))
+
+
 def decode_heatmaps(heatmaps: jax.Array,
                     eps: float = 1e-10) -> tuple[jax.Array, jax.Array]:
   """Argmax with sub-pixel refinement by a quadratic fit to the log heatmap.

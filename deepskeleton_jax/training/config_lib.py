@@ -121,6 +121,9 @@ def _stage_groups() -> dict[str, ml_collections.ConfigDict]:
               'num_stacks': 2, 'num_features': 256, 'depth': 4, 'dtype': 'float32'}),
           'input_size': 256,
           'sigma': 1.0,
+          # 'mse': Newell's MSE to Gaussian heatmaps (`sigma`), argmax decoding;
+          # 'integral': L1 on the soft-argmax of the maps (Sun et al. 2018).
+          'loss': 'mse',
           'train': train_group(batch_size=16, num_steps=100_000, learning_rate=2.5e-4,
                                optimizer='adam', weight_decay=0.0),
       }),
@@ -295,6 +298,8 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          config.regressor.gt_steps, 'a step count >= 0')
   _check(config.regressor.input_size % 32 == 0, 'regressor.input_size',
          config.regressor.input_size, 'a multiple of 32')
+  _check(config.hourglass.loss in ('mse', 'integral'), 'hourglass.loss',
+         config.hourglass.loss, "'mse' or 'integral'")
   hg_div = 4 * 2 ** config.hourglass.model.depth
   _check(config.hourglass.input_size % hg_div == 0, 'hourglass.input_size',
          config.hourglass.input_size,

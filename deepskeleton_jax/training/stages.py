@@ -341,20 +341,27 @@ def _hourglass(config, lay: Layout) -> Stage:
   def prepare(batch):
     return resize_square(images_at(batch, np.array([lay.unit])), hsize)
 
+  integral = cfg.loss == 'integral'
+
   def make_inputs(batch, aux, norm, step=None):
     del aux, norm, step
     joints = batch['joints_2d'][:, lay.unit] * (hsize / 4 / lay.input_size)
+    if integral:
+      return prepare(batch), joints[None]
     heat = hourglass.heatmap_targets(joints, batch['visible'], hsize // 4, cfg.sigma)
     return prepare(batch), heat[None]
 
   def loss(heatmaps, targets, batch):
+    if integral:
+      return hourglass.integral_loss(heatmaps, targets, batch['visible']), {}
     return hourglass.heatmap_loss(heatmaps, targets, batch['visible']), {}
 
   def predict(heatmaps, norm):
     """Joints [H, b, 16, 2] in input pixels of the c=1 crop, confidences [H, b, 16]."""
     del norm
     heat = heatmaps[-1].astype(jnp.float32)
-    joints, conf = hourglass.decode_heatmaps(heat.reshape((-1,) + heat.shape[2:]))
+    decode = hourglass.soft_argmax if integral else hourglass.decode_heatmaps
+    joints, conf = decode(heat.reshape((-1,) + heat.shape[2:]))
     lead = heat.shape[:2]
     return (joints.reshape(lead + joints.shape[1:]) * (4 * lay.input_size / hsize),
             conf.reshape(lead + conf.shape[1:]))
