@@ -174,3 +174,66 @@ def test_decode_stays_in_argmax_pixel_for_noisy_maps():
   row, col = flat // 12, flat % 12
   x, y = np.asarray(decoded[..., 0]), np.asarray(decoded[..., 1])
   assert np.all((x >= col) & (x <= col + 1) & (y >= row) & (y <= row + 1))
+
+
+def _soft_argmax_numpy(maps):
+  """Per map: softmax over pixels, mean pixel centre, best 3x3 window mass."""
+  b, h, w, k = maps.shape
+  joints = np.zeros((b, k, 2))
+  conf = np.zeros((b, k))
+  for n in range(b):
+    for j in range(k):
+      logits = maps[n, :, :, j].astype(np.float64)
+      p = np.exp(logits - logits.max())
+      p /= p.sum()
+      for i in range(h):
+        for c in range(w):
+          joints[n, j] += p[i, c] * np.array([c + 0.5, i + 0.5])
+          conf[n, j] = max(conf[n, j], p[max(i - 1, 0):i + 2, max(c - 1, 0):c + 2].sum())
+  return joints, conf
+
+
+def test_soft_argmax_brute_force():
+  rng = np.random.default_rng(7)
+  maps = (3.0 * rng.normal(size=(2, 6, 5, 3))).astype(np.float32)
+  joints, conf = hourglass.soft_argmax(maps)
+  want_joints, want_conf = _soft_argmax_numpy(maps)
+  np.testing.assert_allclose(joints, want_joints, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(conf, want_conf, rtol=1e-5, atol=1e-6)
+
+
+def test_soft_argmax_confidence_extremes():
+  flat = np.zeros((1, 16, 16, 2), np.float32)
+  flat[0, 7, 3, 1] = 60.0   # one sharp peak: the pixel's centre, confidence 1
+  joints, conf = hourglass.soft_argmax(flat)
+  np.testing.assert_allclose(joints[0, 0], [8.0, 8.0], atol=1e-5)  # flat: the middle
+  np.testing.assert_allclose(conf[0, 0], 9 / 256, rtol=1e-5)
+  np.testing.assert_allclose(joints[0, 1], [3.5, 7.5], atol=1e-4)
+  np.testing.assert_allclose(conf[0, 1], 1.0, atol=1e-5)
+
+
+def test_integral_loss_brute_force_and_masking():
+  rng = np.random.default_rng(8)
+  preds = [rng.normal(size=(3, 8, 8, 16)).astype(np.float32) for _ in range(2)]
+  joints = rng.uniform(0, 8, (3, 16, 2)).astype(np.float32)
+  visible = rng.uniform(size=(3, 16)) > 0.3
+  want = np.mean([
+      np.abs(_soft_argmax_numpy(p)[0] - joints)[visible].mean() for p in preds])
+  got = hourglass.integral_loss(preds, joints, visible)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  changed = [p + 5.0 * rng.normal(size=p.shape) * (~visible)[:, None, None, :]
+             for p in preds]
+  np.testing.assert_allclose(
+      hourglass.integral_loss(changed, joints, visible), got, rtol=1e-6)
+
+
+def test_integral_loss_trains_logits_towards_the_joint():
+  """Gradient descent on the logits alone moves the soft-argmax to the target."""
+  target = np.array([[[2.3, 5.8]]], np.float32)
+  grad = jax.jit(jax.grad(lambda m: hourglass.integral_loss([m], target,
+                                                          np.ones((1, 1), bool))))
+  maps = jnp.zeros((1, 8, 8, 1))  # flat: the soft-argmax starts at (4, 4), 3.5 px off
+  for _ in range(300):
+    maps = maps - grad(maps)
+  error = np.abs(np.asarray(hourglass.soft_argmax(maps)[0][0, 0]) - target[0, 0])
+  assert error.sum() < 0.1, error

@@ -1,4 +1,5 @@
-"""Stage inputs: the regressor's mix of rendered and predicted maps."""
+"""Stage inputs and outputs: the regressor's mix of rendered and predicted maps, the
+hourglass' integral targets and decoding."""
 
 import jax
 import jax.numpy as jnp
@@ -74,3 +75,31 @@ def test_rendered_map_steps_read_gt_split(monkeypatch):
   assert train_loop.train_iterator(_config(input='predicted', gt_steps=0, gt_split='poses'),
                                    'regressor') == 'train'
   assert train_loop.train_iterator(_config(input='gt'), 'regressor') == 'train'
+
+
+def test_integral_hourglass_targets_and_decoding_round_trip():
+  """Integral targets are the joints in heatmap pixels; logits peaked there decode back."""
+  config = tiny.get_config()
+  config.hourglass.update(loss='integral', input_size=64)
+  config = config_lib.finalize(config)
+  hg = stages.build(config, 'hourglass')
+  lay = stages.layout(config)
+  batch = _batch(config, seed=2)
+  s = config.data.input_size
+  c = len(config.data.crop_scales)
+  batch['joints_2d'] = jnp.asarray(
+      np.random.default_rng(3).uniform(0.25 * s, 0.75 * s, (4, c, 16, 2)), jnp.float32)
+  joints_2d = batch['joints_2d'][:, lay.unit]  # the c = 1 crop's joints
+  images, targets = hg.make_inputs(batch, None, None)
+  assert images.shape == (1, 4, 64, 64, 3) and targets.shape == (1, 4, 16, 2)
+  np.testing.assert_allclose(targets[0], joints_2d * (16 / s), rtol=1e-6)
+  # Log of a Gaussian (sigma 0.7 heatmap px) around each target: its softmax mean is the target.
+  centres = np.arange(16) + 0.5
+  d2 = ((centres[None, None, :, None] - targets[0][:, None, None, :, 0])**2
+        + (centres[None, :, None, None] - targets[0][:, None, None, :, 1])**2)
+  logits = jnp.asarray(-d2 / (2 * 0.7**2))[None]          # [H=1, b, 16, 16, K]
+  assert float(hg.loss([logits[0]], targets[0], batch)[0]) < 1e-3
+  joints, conf = hg.predict([logits], None)
+  assert joints.shape == (1, 4, 16, 2) and conf.shape == (1, 4, 16)
+  np.testing.assert_allclose(joints[0], joints_2d, atol=0.05)
+  assert np.all(np.asarray(conf) > 0.8)

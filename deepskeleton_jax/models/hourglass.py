@@ -193,7 +193,9 @@ def soft_argmax(heatmaps: jax.Array) -> tuple[jax.Array, jax.Array]:
 
   Returns:
     joints: float32 [B, K, 2] continuous (x, y) in heatmap pixels.
-    confidence: float32 [B, K], the largest softmax probability of each map.
+    confidence: float32 [B, K], the largest probability mass in a 3x3 pixel
+      window (1 for a peaked map, 9 / (h w) for a flat one), so that like
+      `decode_heatmaps`' peak value it is about 1 for a sure detection.
   """
   chex.assert_rank(heatmaps, 4)
   b, h, w, k = heatmaps.shape
@@ -201,7 +203,8 @@ def soft_argmax(heatmaps: jax.Array) -> tuple[jax.Array, jax.Array]:
   prob = jax.nn.softmax(flat, axis=-1).reshape(b, k, h, w)
   xs = jnp.sum(prob.sum(axis=2) * (jnp.arange(w, dtype=jnp.float32) + 0.5), axis=-1)
   ys = jnp.sum(prob.sum(axis=3) * (jnp.arange(h, dtype=jnp.float32) + 0.5), axis=-1)
-  return jnp.stack([xs, ys], axis=-1), jnp.max(prob.reshape(b, k, h * w), axis=-1)
+  mass = jax.lax.reduce_window(prob, 0.0, jax.lax.add, (1, 1, 3, 3), (1, 1, 1, 1), 'SAME')
+  return jnp.stack([xs, ys], axis=-1), jnp.max(mass.reshape(b, k, h * w), axis=-1)
 
 
 def integral_loss(heatmaps: Sequence[jax.Array], joints_2d: jax.Array,
