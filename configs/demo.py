@@ -37,9 +37,11 @@ Where it departs from the paper, and why (each measured on this set):
   its 16-px maps, Sun et al. 2018) instead of Newell's heatmap MSE, 2400
   steps of 16 at lr 2e-2: matching only helps when the detector is more
   accurate than the hypotheses' own reprojections (3.5 px in the 64-px
-  crop). In the same ~90 s the MSE hourglass reached 6.9 px (matching:
-  +0.6%), the integral one 3.0 px (matching: -3.4% on seed 0); batches of
-  32 or 64 for the same images, or of 8, were worse or slower.
+  crop). The previous MSE hourglass (600 steps of 32, ~90 s) reached 6.9 px
+  and matching changed nothing (+0.6%); with the integral loss the same 600
+  steps give 5.1 px, and these 2400 steps of 16 (~2 min) 3.0 px, matching
+  -3.5% on seed 0 (-6.2%, -6.3% on seeds 1, 2); 1200 steps of 32 (the same
+  images) gave 3.1 px and -3.0%, batches of 8 were no better and slower.
 """
 
 from deepskeleton_jax.training import config_lib

@@ -4,6 +4,7 @@ hourglass' integral targets and decoding."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from configs import tiny
 from deepskeleton_jax.training import config_lib
@@ -103,3 +104,11 @@ def test_integral_hourglass_targets_and_decoding_round_trip():
   assert joints.shape == (1, 4, 16, 2) and conf.shape == (1, 4, 16)
   np.testing.assert_allclose(joints[0], joints_2d, atol=0.05)
   assert np.all(np.asarray(conf) > 0.8)
+
+
+def test_unknown_hourglass_loss_is_refused():
+  from deepskeleton_jax import errors  # pylint: disable=g-import-not-at-top
+  config = tiny.get_config()
+  config.hourglass.loss = 'l2'
+  with pytest.raises(errors.ConfigError, match=r"hourglass\.loss.*'mse' or 'integral'"):
+    config_lib.finalize(config)

@@ -3,7 +3,9 @@
 The 2D detector of the pipeline: its detections drive hypothesis matching and
 give the PCKh numbers on MPII. Besides the network this module holds the
 Gaussian heatmap targets, the intermediate-supervision loss and sub-pixel
-heatmap decoding (published detection files: `evaluation/detections.py`).
+heatmap decoding (published detection files: `evaluation/detections.py`), and
+the integral alternative (Sun et al., ECCV 2018): maps read as logits,
+decoded by their soft-argmax and trained with L1 on it.
 
 Architecture (Newell et al.'s released Torch model): 7x7/2 conv (64) + BN +
 ReLU, Residual(128), 2x2 max pool, Residual(128), Residual(F); then per stack
