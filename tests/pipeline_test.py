@@ -47,6 +47,30 @@ def test_train_writes_metrics_and_checkpoints(trained):
     assert (pathlib.Path(workdir) / stage / 'checkpoints' / '3').is_dir()
 
 
+def test_hourglass_loaded_with_another_loss_is_refused(trained, tmp_path):
+  """Same parameters, different decoding: loading must fail, not decode garbage."""
+  from deepskeleton_jax import errors  # pylint: disable=g-import-not-at-top
+  from deepskeleton_jax.evaluation import inference  # pylint: disable=g-import-not-at-top
+  config, workdir = trained
+  assert json.loads((pathlib.Path(workdir) / 'hourglass' / 'trained_with.json').read_text()) == {
+      'loss': config.hourglass.loss}
+  other = config.copy_and_resolve_references()
+  other.hourglass.loss = 'integral' if config.hourglass.loss == 'mse' else 'mse'
+  with pytest.raises(errors.ConfigError, match=r'config\.hourglass\.loss=.*trained with loss='):
+    inference.load_stages(other, workdir, names=('hourglass',))
+  assert 'hourglass' in inference.load_stages(config, workdir, names=('hourglass',))
+  # A workdir from before the record existed was trained with MSE.
+  legacy = tmp_path / 'hourglass'
+  legacy.mkdir()
+  mse, integral = config.copy_and_resolve_references(), other
+  mse.hourglass.loss, integral.hourglass.loss = 'mse', 'integral'
+  checkpointing.check_trained_with(mse, str(tmp_path), 'hourglass')
+  with pytest.raises(errors.ConfigError, match="trained with loss='mse'"):
+    checkpointing.check_trained_with(integral, str(tmp_path), 'hourglass')
+  checkpointing.record_trained_with(integral, str(tmp_path), 'hourglass')
+  checkpointing.check_trained_with(integral, str(tmp_path), 'hourglass')
+
+
 def test_eval_writes_results_and_report(trained):
   config, workdir = trained
   results = evaluate.evaluate(config, workdir)

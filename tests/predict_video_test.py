@@ -24,6 +24,7 @@ from deepskeleton_jax.evaluation import predict
 from deepskeleton_jax.evaluation import predict_video
 from deepskeleton_jax.evaluation import smoothing
 from deepskeleton_jax.evaluation import video_overlay
+from deepskeleton_jax.training import checkpointing
 from deepskeleton_jax.training import config_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -248,6 +249,11 @@ def _demo_workdir():
   if not all((path / s / 'checkpoints').is_dir() for s in needed):
     pytest.skip(f'no trained demo workdir at {path} (run `python run.py`, or set '
                 'DEEPSKELETON_DEMO_WORKDIR)')
+  try:
+    checkpointing.check_trained_with(config_lib.finalize(demo.get_config()), str(path),
+                                     'hourglass')
+  except errors.ConfigError as e:
+    pytest.skip(f'the demo workdir at {path} is from an older demo config: {e}')
   return str(path)
 
 

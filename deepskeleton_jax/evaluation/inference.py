@@ -43,6 +43,8 @@ def load_stages(config: ml_collections.ConfigDict, workdir: str,
 
   Raises:
     errors.CheckpointNotFoundError: a required stage has no checkpoint.
+    errors.ConfigError: a stage was trained with settings `config` contradicts
+      (`checkpointing.check_trained_with`).
   """
   out = {}
   for name in names:
@@ -53,6 +55,7 @@ def load_stages(config: ml_collections.ConfigDict, workdir: str,
         raise
       logging.info('%s', e)
       continue
+    checkpointing.check_trained_with(config, workdir, name)
     out[name] = {'stage': stages_lib.build(config, name), **loaded}
   return out
 

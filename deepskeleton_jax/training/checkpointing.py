@@ -23,6 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from deepskeleton_jax import errors
+from deepskeleton_jax import files
 
 
 class DataIteratorHandler(ocp.CheckpointHandler):
@@ -74,6 +75,51 @@ class DataIteratorSave(ocp.args.CheckpointArgs):
 @dataclasses.dataclass
 class DataIteratorRestore(ocp.args.CheckpointArgs):
   iterator: Any
+
+
+# Config keys that change what a stage's trained parameters mean, and the value
+# that checkpoints written before the key existed were trained with.
+_TRAINED_WITH = {'hourglass': {'loss': 'mse'}}
+
+
+def _stage_config_path(workdir: str, stage: str) -> str:
+  return os.path.join(os.path.abspath(os.path.expanduser(workdir)), stage, 'trained_with.json')
+
+
+def check_trained_with(config, workdir: str, stage: str) -> None:
+  """Refuses a stage checkpoint trained under settings that `config` contradicts.
+
+  Args:
+    config: the experiment config.
+    workdir: the experiment directory.
+    stage: the stage name.
+
+  Raises:
+    errors.ConfigError: e.g. an hourglass trained with `loss='mse'` loaded with
+      `hourglass.loss='integral'` (same parameters, different decoding).
+  """
+  keys = _TRAINED_WITH.get(stage)
+  if not keys:
+    return
+  path = _stage_config_path(workdir, stage)
+  recorded = json.loads(epath.Path(path).read_text()) if os.path.exists(path) else {}
+  for key, legacy in keys.items():
+    trained, wanted = recorded.get(key, legacy), config[stage][key]
+    if trained != wanted:
+      raise errors.ConfigError(
+          f'config.{stage}.{key}={wanted!r}, but the {stage} checkpoints in '
+          f'{os.path.dirname(path)} were trained with {key}={trained!r}: pass '
+          f'--config.{stage}.{key}={trained} (or train the stage in another workdir)')
+
+
+def record_trained_with(config, workdir: str, stage: str) -> None:
+  """Writes the settings `check_trained_with` compares (process 0; atomic)."""
+  keys = _TRAINED_WITH.get(stage)
+  if not keys or jax.process_index() != 0:
+    return
+  path = _stage_config_path(workdir, stage)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  files.write_text(path, json.dumps({k: config[stage][k] for k in keys}))
 
 
 def checkpoint_dir(workdir: str, stage: str) -> str:

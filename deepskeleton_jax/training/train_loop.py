@@ -183,6 +183,9 @@ def _train_stage(config, workdir, stage_name, preempt):
     aux = jax.device_put(aux, parallel.replicated(mesh))
   iterator = train_iterator(config, stage_name)
   mngr = checkpointing.manager(workdir, stage_name, tcfg.keep_checkpoints)
+  if mngr.latest_step() is not None:  # resuming: the same settings
+    checkpointing.check_trained_with(config, workdir, stage_name)
+  checkpointing.record_trained_with(config, workdir, stage_name)
   state, state_sharding = _initial_state(config, stage, mesh, mngr, iterator)
   writer = metric_writer.MetricWriter(f'{workdir}/{stage_name}')
   try:
