@@ -51,19 +51,17 @@ def test_hourglass_loaded_with_another_loss_is_refused(trained, tmp_path):
   """Same parameters, different decoding: loading must fail, not decode garbage."""
   from deepskeleton_jax import errors  # pylint: disable=g-import-not-at-top
   from deepskeleton_jax.evaluation import inference  # pylint: disable=g-import-not-at-top
-  config, workdir = trained
+  mse, workdir = trained
+  assert mse.hourglass.loss == 'mse'  # configs/tiny.py
   assert json.loads((pathlib.Path(workdir) / 'hourglass' / 'trained_with.json').read_text()) == {
-      'loss': config.hourglass.loss}
-  other = config.copy_and_resolve_references()
-  other.hourglass.loss = 'integral' if config.hourglass.loss == 'mse' else 'mse'
+      'loss': 'mse'}
+  integral = mse.copy_and_resolve_references()
+  integral.hourglass.loss = 'integral'
   with pytest.raises(errors.ConfigError, match=r'config\.hourglass\.loss=.*trained with loss='):
-    inference.load_stages(other, workdir, names=('hourglass',))
-  assert 'hourglass' in inference.load_stages(config, workdir, names=('hourglass',))
+    inference.load_stages(integral, workdir, names=('hourglass',))
+  assert 'hourglass' in inference.load_stages(mse, workdir, names=('hourglass',))
   # A workdir from before the record existed was trained with MSE.
-  legacy = tmp_path / 'hourglass'
-  legacy.mkdir()
-  mse, integral = config.copy_and_resolve_references(), other
-  mse.hourglass.loss, integral.hourglass.loss = 'mse', 'integral'
+  (tmp_path / 'hourglass').mkdir()
   checkpointing.check_trained_with(mse, str(tmp_path), 'hourglass')
   with pytest.raises(errors.ConfigError, match="trained with loss='mse'"):
     checkpointing.check_trained_with(integral, str(tmp_path), 'hourglass')

@@ -82,8 +82,12 @@ class DataIteratorRestore(ocp.args.CheckpointArgs):
 _TRAINED_WITH = {'hourglass': {'loss': 'mse'}}
 
 
+def _stage_dir(workdir: str, stage: str) -> str:
+  return os.path.join(os.path.abspath(os.path.expanduser(workdir)), stage)
+
+
 def _stage_config_path(workdir: str, stage: str) -> str:
-  return os.path.join(os.path.abspath(os.path.expanduser(workdir)), stage, 'trained_with.json')
+  return os.path.join(_stage_dir(workdir, stage), 'trained_with.json')
 
 
 def check_trained_with(config, workdir: str, stage: str) -> None:
@@ -123,7 +127,7 @@ def record_trained_with(config, workdir: str, stage: str) -> None:
 
 
 def checkpoint_dir(workdir: str, stage: str) -> str:
-  return os.path.join(os.path.abspath(os.path.expanduser(workdir)), stage, 'checkpoints')
+  return os.path.join(_stage_dir(workdir, stage), 'checkpoints')
 
 
 def manager(workdir: str, stage: str, keep: int = 3) -> ocp.CheckpointManager:

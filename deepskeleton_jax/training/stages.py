@@ -20,6 +20,7 @@ Stages:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -341,26 +342,25 @@ def _hourglass(config, lay: Layout) -> Stage:
   def prepare(batch):
     return resize_square(images_at(batch, np.array([lay.unit])), hsize)
 
-  integral = cfg.loss == 'integral'
+  if cfg.loss == 'integral':  # targets: the joints themselves (heatmap pixels)
+    targets_of = lambda joints, visible: joints
+    map_loss, decode = hourglass.integral_loss, hourglass.soft_argmax
+  else:
+    targets_of = functools.partial(hourglass.heatmap_targets, size=hsize // 4, sigma=cfg.sigma)
+    map_loss, decode = hourglass.heatmap_loss, hourglass.decode_heatmaps
 
   def make_inputs(batch, aux, norm, step=None):
     del aux, norm, step
     joints = batch['joints_2d'][:, lay.unit] * (hsize / 4 / lay.input_size)
-    if integral:
-      return prepare(batch), joints[None]
-    heat = hourglass.heatmap_targets(joints, batch['visible'], hsize // 4, cfg.sigma)
-    return prepare(batch), heat[None]
+    return prepare(batch), targets_of(joints, batch['visible'])[None]
 
   def loss(heatmaps, targets, batch):
-    if integral:
-      return hourglass.integral_loss(heatmaps, targets, batch['visible']), {}
-    return hourglass.heatmap_loss(heatmaps, targets, batch['visible']), {}
+    return map_loss(heatmaps, targets, batch['visible']), {}
 
   def predict(heatmaps, norm):
     """Joints [H, b, 16, 2] in input pixels of the c=1 crop, confidences [H, b, 16]."""
     del norm
     heat = heatmaps[-1].astype(jnp.float32)
-    decode = hourglass.soft_argmax if integral else hourglass.decode_heatmaps
     joints, conf = decode(heat.reshape((-1,) + heat.shape[2:]))
     lead = heat.shape[:2]
     return (joints.reshape(lead + joints.shape[1:]) * (4 * lay.input_size / hsize),
