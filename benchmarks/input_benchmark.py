@@ -27,7 +27,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from deepskeleton_jax.training import config_lib
+from deepskeleton_jax.experiment import config_lib
 from deepskeleton_jax.data import registry
 from deepskeleton_jax.data import image_ops
 from deepskeleton_jax.data import input_pipeline

@@ -9,7 +9,7 @@ device from virtual cameras around CMU poses; evaluated on held-out clips with
 GT-rendered maps (the GT Ske rows of the report).
 """
 
-from deepskeleton_jax.training import config_lib
+from deepskeleton_jax.experiment import config_lib
 
 
 def get_config(arg=None):

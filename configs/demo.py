@@ -44,7 +44,7 @@ Where it departs from the paper, and why (each measured on this set):
   images) gave 3.1 px and -3.0%, batches of 8 were no better and slower.
 """
 
-from deepskeleton_jax.training import config_lib
+from deepskeleton_jax.experiment import config_lib
 
 
 def get_config(arg=None):

@@ -7,7 +7,7 @@ hypothesis is l = 10. All h36m_* configs must share one --workdir, since the
 evaluation reads every stage's checkpoint from it.
 """
 
-from deepskeleton_jax.training import config_lib
+from deepskeleton_jax.experiment import config_lib
 
 WIDTHS = tuple(float(w) for w in range(5, 16))
 SKELETON_NET_LR = 0.1

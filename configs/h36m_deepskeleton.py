@@ -9,7 +9,7 @@ published detections in test-split order ([N, 16, 2] original-image pixels;
 .mat/.h5/.npz/.json), or 'ground_truth' for an upper bound on matching.
 """
 
-from configs import h36m_common
+from deepskeleton_jax.configs import h36m_common
 
 
 def get_config(arg=None):

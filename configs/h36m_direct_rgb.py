@@ -3,7 +3,7 @@ r"""Human3.6M Direct RGB baseline: the same ResNet-50 regressor on the RGB crop.
   python run.py --mode=train --config=configs/h36m_direct_rgb.py --workdir=workdir/h36m
 """
 
-from configs import h36m_common
+from deepskeleton_jax.configs import h36m_common
 
 
 def get_config(arg=None):

@@ -3,7 +3,7 @@ r"""Human3.6M Ensemble baseline (Table 6): 11 regressors of the base map (l=10),
   python run.py --mode=train --config=configs/h36m_ensemble.py --workdir=workdir/h36m
 """
 
-from configs import h36m_common
+from deepskeleton_jax.configs import h36m_common
 
 
 def get_config(arg=None):

@@ -3,7 +3,7 @@ r"""2D->3D lifting MLP on Human3.6M (Martinez et al. style): pseudo-3D labels fo
   python run.py --mode=train --config=configs/h36m_lifting.py --workdir=workdir/h36m
 """
 
-from configs import h36m_common
+from deepskeleton_jax.configs import h36m_common
 
 
 def get_config(arg=None):

@@ -9,7 +9,7 @@ Paper: base learning rate 0.01, mini-batch 32, SGD momentum 0.9, weight decay
 2e-4, decay x0.1 on plateau.
 """
 
-from configs import h36m_common
+from deepskeleton_jax.configs import h36m_common
 
 
 def get_config(arg=None):

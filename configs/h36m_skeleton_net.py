@@ -9,7 +9,7 @@ r"""Human3.6M SkeletonMapNet: 11 stacked hypotheses (c=1.0, l=5..15), one jitted
 Pass an ImageNet ResNet-50 you have with --config.skeleton_net.model.pretrained=PATH.
 """
 
-from configs import h36m_common
+from deepskeleton_jax.configs import h36m_common
 
 
 def get_config(arg=None):

@@ -6,8 +6,8 @@ regressors need pseudo-3D labels (--config.data.builder_kwargs.pseudo_3d_file=FI
 e.g. from the lifting stage); PCKh@0.5 on the 2958-person validation split.
 """
 
-from configs import h36m_common
-from deepskeleton_jax.training import config_lib
+from deepskeleton_jax.configs import h36m_common
+from deepskeleton_jax.experiment import config_lib
 
 CROPS = (1.0, 1.25, 1.5)
 WIDTHS = (5.0, 6.0, 7.0, 8.0, 9.0, 10.0)

@@ -6,7 +6,7 @@ Detections for matching: the hourglass checkpoint in the workdir, or e.g.
 --config.eval.detections=../shared/data/mpii_eval/bearpaw-hg_s8_b1.mat.
 """
 
-from configs import mpii_common
+from deepskeleton_jax.configs import mpii_common
 
 
 def get_config(arg=None):

@@ -6,7 +6,7 @@ r"""Stacked Hourglass (2 stacks, 256 px) on MPII: the 2D detector used for match
 (Newell et al. used 8 stacks: --config.hourglass.model.num_stacks=8.)
 """
 
-from configs import mpii_common
+from deepskeleton_jax.configs import mpii_common
 
 
 def get_config(arg=None):

@@ -7,7 +7,7 @@ The pseudo-3D file: per person a 16x3 pose in mm (see datasets/mpii); make it
 with the lifting stage (configs/h36m_lifting.py) or bring your own.
 """
 
-from configs import mpii_common
+from deepskeleton_jax.configs import mpii_common
 
 
 def get_config(arg=None):

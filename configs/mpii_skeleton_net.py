@@ -4,7 +4,7 @@ r"""MPII SkeletonMapNet: 18 stacked hypotheses (l=5..10 x c=1.0/1.25/1.5).
   python run.py --mode=train --config=configs/mpii_skeleton_net.py --workdir=workdir/mpii
 """
 
-from configs import mpii_common
+from deepskeleton_jax.configs import mpii_common
 
 
 def get_config(arg=None):

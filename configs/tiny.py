@@ -3,7 +3,7 @@ r"""Tiny config for tests: a 16-image synthetic set, width-4 models, 3 steps.
   python run.py --config=configs/tiny.py --workdir=/tmp/ds_tiny
 """
 
-from deepskeleton_jax.training import config_lib
+from deepskeleton_jax.experiment import config_lib
 
 
 def get_config(arg=None):

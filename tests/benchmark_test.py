@@ -7,11 +7,11 @@ The end-to-end benchmark run is in pipeline_test.py.
 import jax
 import numpy as np
 
-from benchmarks import train_benchmark
+from deepskeleton_jax.training import benchmark as train_benchmark
 from deepskeleton_jax.training import train_step
-from deepskeleton_jax.training import config_lib
-from deepskeleton_jax.training import parallel
-from deepskeleton_jax.training import stages as stages_lib
+from deepskeleton_jax.experiment import config_lib
+from deepskeleton_jax.experiment import parallel
+from deepskeleton_jax.experiment import stages as stages_lib
 
 from configs import tiny
 

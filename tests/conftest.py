@@ -13,7 +13,7 @@ import pytest
 
 from configs import tiny
 from deepskeleton_jax.data import registry
-from deepskeleton_jax.training import config_lib
+from deepskeleton_jax.experiment import config_lib
 from deepskeleton_jax.training import train_loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

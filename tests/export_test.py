@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from deepskeleton_jax import errors
-from deepskeleton_jax.evaluation import export
-from deepskeleton_jax.evaluation import inference
-from deepskeleton_jax.evaluation import predict
+from deepskeleton_jax.inference import export
+from deepskeleton_jax.inference import pipeline
+from deepskeleton_jax.inference import predictor as predictor_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LOADER = REPO / 'examples' / 'serve_exported.py'
@@ -57,13 +57,13 @@ def _load_loader():
 
 
 def _batch(clip, config, frames):
-  return predict.make_batch([clip.frames[i] for i in frames], [clip.boxes[i] for i in frames],
+  return predictor_lib.make_batch([clip.frames[i] for i in frames], [clip.boxes[i] for i in frames],
                             tuple(config.data.crop_scales), config.data.input_size)
 
 
 def test_artifact_runs_without_the_project(exported, tiny_pipeline, synthetic_clip, tmp_path):
   config, paths = exported
-  predictor = predict.Predictor(config, tiny_pipeline.workdir)
+  predictor = predictor_lib.Predictor(config, tiny_pipeline.workdir)
   batches = {'three': _batch(synthetic_clip, config, [0, 10, 20]),
              'one': _batch(synthetic_clip, config, [29])}
   for name, batch in batches.items():
@@ -112,8 +112,8 @@ def test_artifact_chooses_by_reprojection_error(exported, synthetic_clip):
 
 def test_pipeline_without_hourglass_chooses_the_base_hypothesis(tiny_pipeline, synthetic_clip):
   config = tiny_pipeline.config()
-  loaded = inference.load_stages(config, tiny_pipeline.workdir, ('skeleton_net', 'regressor'))
-  fn = jax.jit(inference.make_pipeline_fn(config, loaded, with_maps=False))
+  loaded = pipeline.load_stages(config, tiny_pipeline.workdir, ('skeleton_net', 'regressor'))
+  fn = jax.jit(pipeline.make_pipeline_fn(config, loaded, with_maps=False))
   variables = {k: v['variables'] for k, v in loaded.items()}
   norms = {k: v['norm'] for k, v in loaded.items()}
   out = fn(variables, norms, _batch(synthetic_clip, config, [0, 1])['image'])

@@ -21,12 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import train_benchmark
+from deepskeleton_jax.training import benchmark as train_benchmark
 from deepskeleton_jax.training import train_step
-from deepskeleton_jax.training import checkpointing
-from deepskeleton_jax.training import config_lib
-from deepskeleton_jax.training import parallel
-from deepskeleton_jax.training import stages as stages_lib
+from deepskeleton_jax.experiment import checkpointing
+from deepskeleton_jax.experiment import config_lib
+from deepskeleton_jax.experiment import parallel
+from deepskeleton_jax.experiment import stages as stages_lib
 from deepskeleton_jax.training import train_loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ TIMEOUT_S = 180
 # of its second checkpoint (the state of that step is being written).
 _KILL_IN_SECOND_SAVE = """
 import os, runpy, signal, sys
-from deepskeleton_jax.training import checkpointing
+from deepskeleton_jax.experiment import checkpointing
 original = checkpointing.DataIteratorHandler.save
 calls = []
 def save(self, directory, args):

@@ -10,8 +10,8 @@ from PIL import Image
 import pytest
 
 from deepskeleton_jax.geometry import skeleton
-from deepskeleton_jax.evaluation import drawing
-from deepskeleton_jax.evaluation import figures
+from deepskeleton_jax.visualization import drawing
+from deepskeleton_jax.visualization import figures
 
 _STANDING = {
     'thorax': (0, 0, 0), 'upper_neck': (0, -60, 0), 'head_top': (0, -260, 20),

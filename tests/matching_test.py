@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from deepskeleton_jax.geometry import camera
-from deepskeleton_jax.evaluation import matching
+from deepskeleton_jax.inference import matching
 from deepskeleton_jax.evaluation import metrics
 from deepskeleton_jax.geometry import skeleton
 

@@ -249,7 +249,7 @@ def test_config_validation():
 def test_skeleton_net_refuses_examples_without_depth(json_build, tiny_data_dir, monkeypatch):
   """MPII without pseudo-3D for every person: fg = bg targets; training fails at start."""
   from configs import tiny  # pylint: disable=g-import-not-at-top
-  from deepskeleton_jax.training import config_lib  # pylint: disable=g-import-not-at-top
+  from deepskeleton_jax.experiment import config_lib  # pylint: disable=g-import-not-at-top
   from deepskeleton_jax.training import train_loop  # pylint: disable=g-import-not-at-top
   builder = json_build[0]
   config = tiny.get_config()

@@ -31,10 +31,10 @@ import numpy as np
 import pytest
 
 from deepskeleton_jax.training import train_step
-from deepskeleton_jax.training import checkpointing
+from deepskeleton_jax.experiment import checkpointing
 from deepskeleton_jax.data import registry
-from deepskeleton_jax.training import parallel
-from deepskeleton_jax.training import stages as stages_lib
+from deepskeleton_jax.experiment import parallel
+from deepskeleton_jax.experiment import stages as stages_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 import multihost_worker

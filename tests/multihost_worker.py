@@ -30,11 +30,11 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import tiny
-from benchmarks import train_benchmark
+from deepskeleton_jax.training import benchmark as train_benchmark
 from deepskeleton_jax.training import train_step
-from deepskeleton_jax.training import config_lib
-from deepskeleton_jax.training import parallel
-from deepskeleton_jax.training import stages as stages_lib
+from deepskeleton_jax.experiment import config_lib
+from deepskeleton_jax.experiment import parallel
+from deepskeleton_jax.experiment import stages as stages_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 GLOBAL_BATCH = 8

@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import train_benchmark
-from deepskeleton_jax.evaluation import inference
-from deepskeleton_jax.training import config_lib
-from deepskeleton_jax.training import stages as stages_lib
+from deepskeleton_jax.training import benchmark as train_benchmark
+from deepskeleton_jax.inference import pipeline
+from deepskeleton_jax.experiment import config_lib
+from deepskeleton_jax.experiment import stages as stages_lib
 from deepskeleton_jax.training import train_step
 
 CONFIGS = (
@@ -84,10 +84,10 @@ def _trace_train_step(config, stage_name):
 
 def _trace_inference(config):
   """The evaluation's (and prediction's) inference function over every pipeline stage."""
-  loaded = {s: {'stage': stages_lib.build(config, s)} for s in inference.PIPELINE_STAGES}
+  loaded = {s: {'stage': stages_lib.build(config, s)} for s in pipeline.PIPELINE_STAGES}
   variables = {s: _variables(v['stage']) for s, v in loaded.items()}
   norms = {s: _NORM for s in loaded}
-  return jax.eval_shape(inference.make_predict_fn(config, loaded), variables, norms,
+  return jax.eval_shape(pipeline.make_predict_fn(config, loaded), variables, norms,
                         _abstract_batch(config, config.eval.batch_size))
 
 

@@ -8,7 +8,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from deepskeleton_jax import errors
-from deepskeleton_jax.training import parallel
+from deepskeleton_jax.experiment import parallel
 from deepskeleton_jax.training import train_step
 
 

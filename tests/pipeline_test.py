@@ -16,15 +16,16 @@ import jax
 import numpy as np
 import pytest
 
-from benchmarks import train_benchmark
+from deepskeleton_jax.training import benchmark as train_benchmark
 from deepskeleton_jax.training import train_step
-from deepskeleton_jax.training import checkpointing
-from deepskeleton_jax.training import config_lib
+from deepskeleton_jax.experiment import checkpointing
+from deepskeleton_jax.experiment import config_lib
 from deepskeleton_jax.evaluation import evaluate
-from deepskeleton_jax.training import metric_writer
-from deepskeleton_jax.training import parallel
-from deepskeleton_jax.evaluation import predict
-from deepskeleton_jax.training import stages as stages_lib
+from deepskeleton_jax.experiment import metric_writer
+from deepskeleton_jax.experiment import parallel
+from deepskeleton_jax.inference import predict
+from deepskeleton_jax.inference import predictor
+from deepskeleton_jax.experiment import stages as stages_lib
 from deepskeleton_jax.data import input_pipeline
 from deepskeleton_jax.training import train_loop
 
@@ -50,7 +51,7 @@ def test_train_writes_metrics_and_checkpoints(trained):
 def test_hourglass_loaded_with_another_loss_is_refused(trained, tmp_path):
   """Same parameters, different decoding: loading must fail, not decode garbage."""
   from deepskeleton_jax import errors  # pylint: disable=g-import-not-at-top
-  from deepskeleton_jax.evaluation import inference  # pylint: disable=g-import-not-at-top
+  from deepskeleton_jax.inference import pipeline  # pylint: disable=g-import-not-at-top
   mse, workdir = trained
   assert mse.hourglass.loss == 'mse'  # configs/tiny.py
   assert json.loads((pathlib.Path(workdir) / 'hourglass' / 'trained_with.json').read_text()) == {
@@ -58,8 +59,8 @@ def test_hourglass_loaded_with_another_loss_is_refused(trained, tmp_path):
   integral = mse.copy_and_resolve_references()
   integral.hourglass.loss = 'integral'
   with pytest.raises(errors.ConfigError, match=r'config\.hourglass\.loss=.*trained with loss='):
-    inference.load_stages(integral, workdir, names=('hourglass',))
-  assert 'hourglass' in inference.load_stages(mse, workdir, names=('hourglass',))
+    pipeline.load_stages(integral, workdir, names=('hourglass',))
+  assert 'hourglass' in pipeline.load_stages(mse, workdir, names=('hourglass',))
   # A workdir from before the record existed was trained with MSE.
   (tmp_path / 'hourglass').mkdir()
   checkpointing.check_trained_with(mse, str(tmp_path), 'hourglass')
@@ -114,7 +115,7 @@ def test_predict_on_a_real_image(trained, shared_data, tmp_path):
 
 def test_predict_rejects_bad_boxes():
   with pytest.raises(ValueError, match='config.predict.boxes'):
-    predict.parse_boxes('0 0 10', 1)
+    predictor.parse_boxes('0 0 10', 1)
 
 
 def test_sharded_step_matches_single_device(trained):

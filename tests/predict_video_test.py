@@ -20,12 +20,12 @@ import pytest
 
 from configs import demo
 from deepskeleton_jax import errors
-from deepskeleton_jax.evaluation import predict
-from deepskeleton_jax.evaluation import predict_video
-from deepskeleton_jax.evaluation import smoothing
-from deepskeleton_jax.evaluation import video_overlay
-from deepskeleton_jax.training import checkpointing
-from deepskeleton_jax.training import config_lib
+from deepskeleton_jax.inference import predict
+from deepskeleton_jax.inference import predict_video
+from deepskeleton_jax.inference import smoothing
+from deepskeleton_jax.visualization import video_overlay
+from deepskeleton_jax.experiment import checkpointing
+from deepskeleton_jax.experiment import config_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

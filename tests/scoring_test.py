@@ -9,8 +9,8 @@ from deepskeleton_jax.evaluation import report
 from deepskeleton_jax.evaluation import scoring
 from deepskeleton_jax.geometry import camera
 from deepskeleton_jax.geometry import skeleton
-from deepskeleton_jax.training import config_lib
-from deepskeleton_jax.training import stages as stages_lib
+from deepskeleton_jax.experiment import config_lib
+from deepskeleton_jax.experiment import stages as stages_lib
 
 K = skeleton.NUM_JOINTS
 # Official Human3.6M take names of the test subjects, both spellings.

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from deepskeleton_jax import errors
-from deepskeleton_jax.evaluation import smoothing
+from deepskeleton_jax.inference import smoothing
 
 
 def _one_euro_reference(xs, fps, min_cutoff, beta, d_cutoff=1.0):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from deepskeleton_jax.training import config_lib
-from deepskeleton_jax.training import stages
+from deepskeleton_jax.experiment import config_lib
+from deepskeleton_jax.experiment import stages
 from deepskeleton_jax.training import train_step
 
 

@@ -40,7 +40,9 @@ import tensorflow_datasets as tfds
 from deepskeleton_jax import datasets as datasets_package
 from deepskeleton_jax import errors
 
-DATASETS_DIR = datasets_package.DATASETS_DIR
+# A checkout's datasets/ folder, or the installed package's own (see there).
+DATASETS_DIR = pathlib.Path(os.environ.get('DEEPSKELETON_DATASETS_DIR') or
+                            next(iter(datasets_package.__path__)))
 PREPARE_COMMAND = 'python run.py --mode=prepare --config=<your config file and overrides>'
 _LOAD_LOCK = threading.RLock()
 _BASE_FIELDS = frozenset(f.name for f in dataclasses.fields(tfds.core.BuilderConfig))
@@ -75,7 +77,7 @@ def load_module(name: str, module: str | None = None) -> types.ModuleType:
         f'data.name: no dataset {name!r} ({path} does not exist); available: '
         f'{available()}')
   with _LOAD_LOCK:  # Threads must not see a half-executed module.
-    datasets_package.__path__[:] = [str(DATASETS_DIR)]  # tests reassign DATASETS_DIR
+    datasets_package.__path__ = [str(DATASETS_DIR)]  # tests reassign DATASETS_DIR
     with tfds.core.registered.skip_registration():
       return importlib.import_module(f'{datasets_package.__name__}.{name}.{module}')
 

@@ -1,1 +1,1 @@
-"""Evaluation: metrics, hypothesis matching, report tables, evaluation, prediction, figures."""
+"""Evaluation against labels: metrics, scoring, paper tables, the report, detection files, pseudo-3D."""

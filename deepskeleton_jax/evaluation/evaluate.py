@@ -3,7 +3,7 @@
 For each test batch: every hypothesis' SkeletonMapNet predicts fg/bg maps from
 its crop, its PoseRegressor turns them into a 3D hypothesis, and matching
 against 2D detections (a Stacked Hourglass checkpoint, a detections file, or
-the ground-truth 2D when asked) picks one (`inference.py`); the comparison rows
+the ground-truth 2D when asked) picks one (`inference/pipeline.py`); the comparison rows
 are scored and added up (`scoring.py`), so memory stays flat however large
 the test set; only `eval.num_figures` examples are kept, for figures. Writes
 `<workdir>/eval/results.json`, `report.md` (`report.py`) and the figures.
@@ -26,15 +26,15 @@ from deepskeleton_jax import errors
 from deepskeleton_jax import files
 from deepskeleton_jax.data import input_pipeline
 from deepskeleton_jax.evaluation import detections as detections_lib
-from deepskeleton_jax.evaluation import inference
-from deepskeleton_jax.evaluation import matching
+from deepskeleton_jax.inference import pipeline
+from deepskeleton_jax.inference import matching
 from deepskeleton_jax.evaluation import report
 from deepskeleton_jax.evaluation import scoring
 from deepskeleton_jax.geometry import camera
-from deepskeleton_jax.training import checkpointing
-from deepskeleton_jax.training import metric_writer
-from deepskeleton_jax.training import parallel
-from deepskeleton_jax.training import stages as stages_lib
+from deepskeleton_jax.experiment import checkpointing
+from deepskeleton_jax.experiment import metric_writer
+from deepskeleton_jax.experiment import parallel
+from deepskeleton_jax.experiment import stages as stages_lib
 
 _ID_LEN = 48
 _LABELS = ('joints_3d', 'visible', 'index', 'mask', 'has_3d', 'head_size', 'joints_2d',
@@ -106,7 +106,7 @@ def _batches(config, loaded):
   rep = parallel.replicated(mesh)
   variables = {k: jax.device_put(v['variables'], rep) for k, v in loaded.items()}
   norms = {k: jax.device_put(v['norm'], rep) for k, v in loaded.items()}
-  predict = jax.jit(inference.make_predict_fn(config, loaded))
+  predict = jax.jit(pipeline.make_predict_fn(config, loaded))
   bs = config.eval.batch_size
   bs = -(-bs // mesh.shape[parallel.DATA]) * mesh.shape[parallel.DATA]
   it = input_pipeline.make_iterator(
@@ -140,7 +140,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   Returns:
     The results dict.
   """
-  loaded = inference.load_stages(config, workdir)
+  loaded = pipeline.load_stages(config, workdir)
   if 'regressor' not in loaded and 'direct_rgb' not in loaded:
     raise errors.CheckpointNotFoundError(
         f'nothing to evaluate in {workdir}: no regressor or direct_rgb checkpoint '
@@ -191,7 +191,7 @@ def _figure_examples(data, weights, n):
 
 
 def _figures(lay: stages_lib.Layout, kept: list[dict[str, np.ndarray]], out_dir: str):
-  from deepskeleton_jax.evaluation import figures  # pylint: disable=g-import-not-at-top
+  from deepskeleton_jax.visualization import figures  # pylint: disable=g-import-not-at-top
   for i, ex in enumerate(kept):
     title = f"example {int(ex['index'])}"
     if 'maps' in ex:

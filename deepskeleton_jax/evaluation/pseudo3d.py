@@ -24,9 +24,9 @@ import ml_collections
 import numpy as np
 
 from deepskeleton_jax import files
-from deepskeleton_jax.training import checkpointing
+from deepskeleton_jax.experiment import checkpointing
 from deepskeleton_jax.data import input_pipeline
-from deepskeleton_jax.training import stages as stages_lib
+from deepskeleton_jax.experiment import stages as stages_lib
 
 
 def lift_split(config: ml_collections.ConfigDict, workdir: str, split: str) -> dict[str, np.ndarray]:

@@ -1,6 +1,6 @@
 """Every comparison row of the paper's tables, scored batch by batch.
 
-From one batch of pipeline outputs (`inference.make_predict_fn`) and labels,
+From one batch of pipeline outputs (`pipeline.make_predict_fn`) and labels,
 `comparison_poses` builds the 3D pose of every row:
 
   Mean pose            the training set's mean root-relative pose (no learning)
@@ -33,11 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from deepskeleton_jax.evaluation import matching
+from deepskeleton_jax.inference import matching
 from deepskeleton_jax.evaluation import metrics
 from deepskeleton_jax.geometry import camera
 from deepskeleton_jax.geometry import skeleton
-from deepskeleton_jax.training import stages as stages_lib
+from deepskeleton_jax.experiment import stages as stages_lib
 
 MAIN_ROWS = ('Mean pose', 'Direct RGB', 'Ours w/o Mul-Hyp', 'Ensemble', 'Ours w Mul-Hyp',
              'Oracle', 'GT Ske w/o Mul-Hyp', 'GT Ske w Mul-Hyp')

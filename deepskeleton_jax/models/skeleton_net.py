@@ -30,7 +30,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from deepskeleton_jax.models import layers
 from deepskeleton_jax.models import resnet
@@ -207,6 +206,19 @@ def skeleton_map_loss(logits: Sequence[jax.Array],
                        f'[{targets.shape[0]}, h, w, {targets.shape[-1]}] to '
                        f'match targets {tuple(targets.shape)}')
     t = area_resize(targets, head.shape[1], head.shape[2])
-    losses.append(jnp.mean(optax.sigmoid_binary_cross_entropy(
-        head.astype(jnp.float32), t)))
+    losses.append(jnp.mean(sigmoid_cross_entropy(head.astype(jnp.float32), t)))
   return jnp.mean(jnp.stack(losses))
+
+
+def sigmoid_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Element-wise sigmoid cross-entropy with soft targets, stable for any logit.
+
+  Args:
+    logits: any shape.
+    targets: probabilities in [0, 1], the same shape.
+
+  Returns:
+    `-t log(sigmoid(x)) - (1 - t) log(1 - sigmoid(x))`, computed as
+    `max(x, 0) - x t + log(1 + exp(-|x|))` (as Caffe's SigmoidCrossEntropyLoss).
+  """
+  return jnp.maximum(logits, 0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits)))

@@ -1,1 +1,1 @@
-"""Training: config building blocks, stages, the sharded train step and loop, checkpoints."""
+"""Training: the sharded, donated train step and the resumable train loop (optax lives here only)."""

@@ -20,11 +20,11 @@ import numpy as np
 
 from deepskeleton_jax import errors
 from deepskeleton_jax.data import registry
-from deepskeleton_jax.training import checkpointing
+from deepskeleton_jax.experiment import checkpointing
 from deepskeleton_jax.data import input_pipeline
-from deepskeleton_jax.training import metric_writer
-from deepskeleton_jax.training import parallel
-from deepskeleton_jax.training import stages as stages_lib
+from deepskeleton_jax.experiment import metric_writer
+from deepskeleton_jax.experiment import parallel
+from deepskeleton_jax.experiment import stages as stages_lib
 from deepskeleton_jax.training import train_step
 
 
@@ -84,10 +84,6 @@ def train_iterator(config: ml_collections.ConfigDict, stage_name: str) -> Any:
     return input_pipeline.ChainedIterator(stream(gt_split), reg.gt_steps,
                                           stream(config.data.train_split))
   return stream(config.data.train_split)
-
-
-class Preempted(Exception):
-  """Raised after SIGTERM once the checkpoint is saved (run.py exits with 0)."""
 
 
 class _Preemption:
@@ -162,7 +158,7 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str
 
   Raises:
     FloatingPointError: with `nonfinite='stop'`, naming the first bad step.
-    Preempted: after SIGTERM, once a checkpoint of the current step is saved.
+    parallel.Preempted: after SIGTERM, once a checkpoint of the current step is saved.
   """
   # SIGTERM during set-up or compilation is honoured after the first step.
   with _Preemption() as preempt:
@@ -288,7 +284,7 @@ def _loop(config, stage, state, state_sharding, aux, mesh, iterator, mngr, write
       if not saved:  # Orbax refuses to save a step twice.
         _check_finite(state, tcfg)
         checkpointing.save(mngr, done, state, iterator)
-      raise Preempted(f'{stage.name}: stopped at step {done} after SIGTERM with a '
+      raise parallel.Preempted(f'{stage.name}: stopped at step {done} after SIGTERM with a '
                       'checkpoint saved; rerun the same command to resume')
   return last
 

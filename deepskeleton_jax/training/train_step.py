@@ -19,8 +19,8 @@ import ml_collections
 import optax
 
 from deepskeleton_jax.models import hypotheses
-from deepskeleton_jax.training import parallel
-from deepskeleton_jax.training import stages as stages_lib
+from deepskeleton_jax.experiment import parallel
+from deepskeleton_jax.experiment import stages as stages_lib
 
 
 @flax.struct.dataclass

@@ -1,0 +1,32 @@
+"""Shared settings of the MPII experiments (imported by the mpii_*.py configs).
+
+Hypotheses (Table 9): stick widths l = 5..10 x crop scales c = 1.0/1.25/1.5
+(18 in all); base (w/o Mul-Hyp) = (1.0, 10). MPII has no 3D labels: the
+regressors need pseudo-3D labels (--config.data.builder_kwargs.pseudo_3d_file=FILE,
+e.g. from the lifting stage); PCKh@0.5 on the 2958-person validation split.
+"""
+
+from deepskeleton_jax.configs import h36m_common
+from deepskeleton_jax.experiment import config_lib
+
+CROPS = (1.0, 1.25, 1.5)
+WIDTHS = (5.0, 6.0, 7.0, 8.0, 9.0, 10.0)
+
+
+def get_base():
+  c = config_lib.base_config()
+  c.data.name = 'mpii'
+  c.data.builder_kwargs = {'crop_size': 256, 'pseudo_3d_file': ''}
+  c.data.eval_split = 'validation'
+  c.hypotheses.crop_scales = tuple(cs for cs in CROPS for _ in WIDTHS)
+  c.hypotheses.stick_widths = tuple(w for _ in CROPS for w in WIDTHS)
+  c.hypotheses.base = WIDTHS.index(10.0)
+  # Per-step weight decay as the paper's (see configs/h36m_common.py):
+  # 0.1 x 2e-8 = 1e-5 x 2e-4.
+  c.skeleton_net.train.learning_rate = h36m_common.SKELETON_NET_LR
+  c.skeleton_net.train.weight_decay = (h36m_common.PAPER_DECONV_DECAY_PER_STEP
+                                       / h36m_common.SKELETON_NET_LR)
+  for name in ('skeleton_net', 'regressor', 'direct_rgb', 'ensemble'):
+    c[name].train.schedule = 'plateau'
+    c[name].train.plateau_every = 2000
+  return c

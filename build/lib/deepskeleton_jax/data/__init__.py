@@ -1,0 +1,1 @@
+"""Data: the example format every builder writes, builders by path, the grain input pipeline."""

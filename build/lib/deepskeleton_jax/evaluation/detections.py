@@ -1,0 +1,160 @@
+"""Published 2D detections and annotation files, read into [N, K, 2] joints.
+
+The evaluator matches hypotheses against detections from a file
+(`config.eval.detections=<path>`); the formats of the common MPII releases
+(bearpaw/pytorch-pose and HRNet `.mat`, Newell's and Tompson's `.h5`, the
+hourglass `valid.h5`, JSON) are recognised by their field names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import h5py
+import numpy as np
+import scipy.io
+
+from deepskeleton_jax import errors
+from deepskeleton_jax.geometry import skeleton
+
+
+_COORD_FIELDS = ('preds', 'part', 'pos_pred_src', 'joints')
+_SCORE_FIELDS = ('scores', 'maxvals', 'visible', 'joints_vis')
+_READERS = ('.mat', '.h5', '.hdf5', '.npz', '.npy', '.json')
+
+
+def _read_fields(path: str, ext: str) -> dict[str, Any]:
+  """Reads a detection file into {field name: array-like}."""
+  if ext == '.mat':
+    try:
+      data = scipy.io.loadmat(path)
+    except NotImplementedError:  # MATLAB v7.3 files are HDF5.
+      return _read_fields(path, '.h5')
+    return {k: v for k, v in data.items() if not k.startswith('__')}
+  if ext in ('.h5', '.hdf5'):
+    with h5py.File(path, 'r') as f:
+      return {k: f[k][()] for k in f.keys() if isinstance(f[k], h5py.Dataset)}
+  if ext == '.npz':
+    with np.load(path, allow_pickle=False) as data:
+      return dict(data)
+  if ext == '.npy':
+    return {'array': np.load(path, allow_pickle=False)}
+  with open(path) as f:  # '.json', the last of _READERS.
+    data = json.load(f)
+  if isinstance(data, dict):
+    return data
+  if isinstance(data, list) and data and all(isinstance(p, dict) for p in data):
+    fields = {}
+    for name in ('joints', 'preds') + _SCORE_FIELDS:
+      if all(name in p for p in data):
+        fields[name] = [p[name] for p in data]
+    return fields
+  return {'preds': data}
+
+
+def _as_float(path: str, name: str, value: Any) -> np.ndarray:
+  try:
+    return np.asarray(value, dtype=np.float64)
+  except (TypeError, ValueError) as e:
+    raise errors.InputError(f'{path}: field {name!r} is not a numeric array '
+                            f'({e})') from e
+
+
+def load_detections(
+    path: str | os.PathLike, *, num_joints: int = skeleton.NUM_JOINTS,
+    return_scores: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:
+  """Reads published 2D detections (or annotations) into [N, K, 2].
+
+  Coordinates are returned as stored (image pixels, joints in the file's
+  order); the formats found in practice:
+  - `.mat` with `preds` [N, K, 2] (bearpaw/pytorch-pose and HRNet results,
+    0-based pixels) or `pos_pred_src` [K, 2, N] (the MPII evaluation format);
+    MATLAB v7.3 (HDF5) files are read as `.h5`.
+  - `.h5`/`.hdf5` with `preds` or `part`. Arrays written column-major by
+    MATLAB/Torch appear as [2, K, N] and are transposed. Newell's `newell.h5`:
+    `preds` [N, 16, 2] in MPII joint order, 1-based Torch pixels. Tompson's
+    `tompson.h5`: `preds` [2, 16, N] (MATLAB order), MPII joint order; its
+    pelvis and thorax are placeholders, not predictions, and (0, 0) marks the
+    joints missing from the ground truth. The hourglass annotation file
+    `valid.h5`: `part` [N, 16, 2] with (0, 0) for missing joints and
+    `visible` [N, 16] (MPII's occlusion flag).
+  - `.npz` with one of the fields above (or a single array), `.npy` [N, K, 2].
+  - `.json`: a list of per-person K x 2 lists, {"preds": ...} (optionally with
+    "scores"), or a list of per-person dicts with "joints" (and "joints_vis",
+    the common MPII JSON annotation format).
+
+  Args:
+    path: the file; its extension selects the reader.
+    num_joints: expected K.
+    return_scores: also return the per-joint scores.
+
+  Returns:
+    float32 [N, K, 2]; with `return_scores`, a pair (joints, scores) where
+    scores is float32 [N, K] from the first present field of `scores`,
+    `maxvals`, `visible`, `joints_vis` (a confidence or a 0/1 visibility
+    flag), or None when the file has none.
+
+  Raises:
+    errors.InputError: `path` does not exist, cannot be read, has no
+      coordinate field, or a field has the wrong shape; the message names the
+      file and field.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise errors.InputError(f'detection file {path} does not exist')
+  ext = os.path.splitext(path)[1].lower()
+  if ext not in _READERS:
+    raise errors.InputError(f'{path}: unsupported detection file type {ext!r}; '
+                            f'expected one of {_READERS}')
+  try:
+    fields = _read_fields(path, ext)
+  except Exception as e:  # pylint: disable=broad-except
+    # Each reader fails its own way (MatReadError, OSError, JSONDecodeError..).
+    raise errors.InputError(f'{path}: not a readable {ext} file ({e})') from e
+  name, joints, transposed = _coordinates(path, fields, num_joints)
+  if not return_scores:
+    return joints
+  return joints, _scores(path, fields, name, joints.shape[0], num_joints, transposed)
+
+
+def _coordinates(path: str, fields: dict[str, Any], k: int) -> tuple[str, np.ndarray, bool]:
+  """The coordinate field: (its name, [N, K, 2] float32, whether it was transposed)."""
+  name = next((n for n in _COORD_FIELDS if n in fields), None)
+  if name is None:
+    arrays = [n for n in fields if n not in _SCORE_FIELDS]
+    if len(arrays) != 1:
+      raise errors.InputError(f'{path}: no detection field; expected one of '
+                              f'{_COORD_FIELDS}, found {sorted(fields)}')
+    name = arrays[0]
+  coords = _as_float(path, name, fields[name])
+  transposed = False
+  if coords.ndim == 3 and coords.shape[1:] == (k, 2):
+    pass
+  elif coords.ndim == 3 and coords.shape[:2] == (2, k):  # Column-major dump.
+    coords, transposed = coords.transpose(2, 1, 0), True
+  elif coords.ndim == 3 and coords.shape[:2] == (k, 2):  # MPII eval layout.
+    coords, transposed = coords.transpose(2, 0, 1), True
+  else:
+    raise errors.InputError(f'{path}: field {name!r} has shape {coords.shape}; '
+                            f'expected [N, {k}, 2] (or [2, {k}, N] / [{k}, 2, N])')
+  return name, coords.astype(np.float32), transposed
+
+
+def _scores(path: str, fields: dict[str, Any], coord_name: str, n: int, k: int,
+            transposed: bool) -> np.ndarray | None:
+  """The first score/visibility field as [N, K] float32, or None."""
+  score_name = next((s for s in _SCORE_FIELDS if s in fields), None)
+  if score_name is None:
+    return None
+  scores = _as_float(path, score_name, fields[score_name])
+  if scores.ndim == 3 and scores.shape[-1] == 1:
+    scores = scores[..., 0]
+  if scores.ndim == 2 and transposed and scores.shape == (k, n):
+    scores = scores.T
+  if scores.shape != (n, k):
+    raise errors.InputError(f'{path}: field {score_name!r} has shape {scores.shape}; '
+                            f'expected [{n}, {k}] to match {coord_name!r}')
+  return scores.astype(np.float32)

@@ -1,0 +1,209 @@
+"""Evaluation of the whole pipeline on the test split, in the paper's tables.
+
+For each test batch: every hypothesis' SkeletonMapNet predicts fg/bg maps from
+its crop, its PoseRegressor turns them into a 3D hypothesis, and matching
+against 2D detections (a Stacked Hourglass checkpoint, a detections file, or
+the ground-truth 2D when asked) picks one (`inference/pipeline.py`); the comparison rows
+are scored and added up (`scoring.py`), so memory stays flat however large
+the test set; only `eval.num_figures` examples are kept, for figures. Writes
+`<workdir>/eval/results.json`, `report.md` (`report.py`) and the figures.
+This is the only mode that opens `config.data.eval_split`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from deepskeleton_jax import errors
+from deepskeleton_jax import files
+from deepskeleton_jax.data import input_pipeline
+from deepskeleton_jax.evaluation import detections as detections_lib
+from deepskeleton_jax.inference import pipeline
+from deepskeleton_jax.inference import matching
+from deepskeleton_jax.evaluation import report
+from deepskeleton_jax.evaluation import scoring
+from deepskeleton_jax.geometry import camera
+from deepskeleton_jax.experiment import checkpointing
+from deepskeleton_jax.experiment import metric_writer
+from deepskeleton_jax.experiment import parallel
+from deepskeleton_jax.experiment import stages as stages_lib
+
+_ID_LEN = 48
+_LABELS = ('joints_3d', 'visible', 'index', 'mask', 'has_3d', 'head_size', 'joints_2d',
+           'intrinsics', 'has_intrinsics', 'input_to_image')
+
+
+def _encode(strings: np.ndarray) -> np.ndarray:
+  out = np.zeros((len(strings), _ID_LEN), np.uint8)
+  for i, s in enumerate(strings):
+    b = (s.decode() if isinstance(s, bytes) else str(s)).encode()[:_ID_LEN]
+    out[i, :len(b)] = np.frombuffer(b, np.uint8)
+  return out
+
+
+def _decode(codes: np.ndarray) -> np.ndarray:
+  return np.array([bytes(c).rstrip(b'\0').decode(errors='replace') for c in codes])
+
+
+def _to_host(x):
+  if jax.process_count() == 1:
+    return np.asarray(jax.device_get(x))
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+class DetectionSource:
+  """Where matching's 2D detections and their weights come from."""
+
+  def __init__(self, config: ml_collections.ConfigDict, loaded: dict[str, Any],
+               workdir: str):
+    self.name = str(config.eval.detections)
+    self._unit = stages_lib.layout(config).unit
+    self._file = None
+    if self.name == 'hourglass':
+      if 'hourglass' not in loaded:
+        raise errors.CheckpointNotFoundError(
+            "config.eval.detections='hourglass' but "
+            f"{checkpointing.checkpoint_dir(workdir, 'hourglass')} has no checkpoint: "
+            'train the hourglass stage, or set --config.eval.detections=ground_truth '
+            'or a detections file')
+      self.weights = 'hourglass heatmap maxima'
+    elif self.name == 'ground_truth':
+      self.weights = 'ground-truth visibility'
+    else:
+      joints, scores = detections_lib.load_detections(self.name, return_scores=True)
+      self._file = (joints, scores)
+      self.weights = 'the file\'s scores' if scores is not None else 'all ones (the file has no scores)'
+
+  def __call__(self, data: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(detections [b, 16, 2] in input pixels of the c = 1 crop, weights [b, 16])."""
+    if self.name == 'hourglass':
+      return data['detections'], np.clip(data['detection_conf'], 0.0, None)
+    if self.name == 'ground_truth':
+      return data['joints_2d'][:, self._unit], data['visible'].astype(np.float32)
+    joints, scores = self._file
+    idx = data['index']
+    if idx.max() >= len(joints):
+      raise errors.InputError(f'{self.name}: has {len(joints)} detections but the eval '
+                              f'split has example index {idx.max()}')
+    to_input = camera.invert_affine(data['input_to_image'][:, self._unit])
+    dets = camera.apply_affine(joints[idx].astype(np.float32), to_input)
+    weights = np.ones(dets.shape[:2], np.float32) if scores is None else scores[idx]
+    return np.asarray(dets, np.float32), np.clip(weights, 0.0, None)
+
+
+def _batches(config, loaded):
+  """Yields host dicts of pipeline outputs and labels, real examples only."""
+  mesh = parallel.make_mesh(config.parallel.hyp_axis)
+  rep = parallel.replicated(mesh)
+  variables = {k: jax.device_put(v['variables'], rep) for k, v in loaded.items()}
+  norms = {k: jax.device_put(v['norm'], rep) for k, v in loaded.items()}
+  predict = jax.jit(pipeline.make_predict_fn(config, loaded))
+  bs = config.eval.batch_size
+  bs = -(-bs // mesh.shape[parallel.DATA]) * mesh.shape[parallel.DATA]
+  it = input_pipeline.make_iterator(
+      config.data, config.data.eval_split, bs, shuffle=False, num_epochs=1, seed=0,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      drop_remainder=False)
+  for i, local in enumerate(it):
+    out = predict(variables, norms, parallel.global_batch(local, mesh))
+    if i == 0:  # Every process has compiled `predict` before the first gather.
+      parallel.barrier('eval predict compiled')
+    data = {k: _to_host(v) for k, v in out.items()}
+    if 'maps' in data:
+      data['maps'] = np.moveaxis(data['maps'], 0, 1)  # [b, H, s, s, 6]
+    labels = parallel.global_batch({k: local[k] for k in _LABELS}, mesh)
+    data.update({k: _to_host(v) for k, v in labels.items()})
+    image = parallel.global_batch({'image': local['image']}, mesh)['image']
+    data['image'] = _to_host(image[:, stages_lib.layout(config).unit])
+    data['action'] = _decode(_to_host(parallel.global_batch(
+        {'a': _encode(local['action'])}, mesh)['a']))
+    keep = data['mask'].astype(bool)
+    yield i, it.num_batches, {k: v[keep] for k, v in data.items()}
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Runs the evaluation and writes results.json, report.md and figures.
+
+  Args:
+    config: finalised config.
+    workdir: experiment directory with the trained stages.
+
+  Returns:
+    The results dict.
+  """
+  loaded = pipeline.load_stages(config, workdir)
+  if 'regressor' not in loaded and 'direct_rgb' not in loaded:
+    raise errors.CheckpointNotFoundError(
+        f'nothing to evaluate in {workdir}: no regressor or direct_rgb checkpoint '
+        '(train them with --mode=train first)')
+  lay = stages_lib.layout(config)
+  source = DetectionSource(config, loaded, workdir)
+  norm = next((loaded[k]['norm'] for k in ('regressor', 'direct_rgb', 'ensemble')
+               if k in loaded), None)
+  mean_pose = None if norm is None else np.asarray(norm['mean'])
+  acc = scoring.Accumulator(lay, h36m_actions=config.data.name == 'human36m')
+  kept: list[dict[str, np.ndarray]] = []
+  t0, limit = time.time(), int(config.eval.max_examples)
+  for i, num_batches, data in _batches(config, loaded):
+    if limit:
+      data = {k: v[:max(0, limit - acc.num_examples)] for k, v in data.items()}
+    data['detections'], weights = source(data)
+    intr = data['intrinsics'][:, lay.unit] if data['has_intrinsics'].all() else None
+    poses, choice = scoring.comparison_poses(data, lay, mean_pose, weights, intr)
+    acc.add(data, poses, choice, weights, intr)
+    if len(kept) < config.eval.num_figures:
+      kept += _figure_examples(data, weights, config.eval.num_figures - len(kept))
+    if (i + 1) % 10 == 0 or i + 1 == num_batches:
+      rate = acc.num_examples / max(time.time() - t0, 1e-9)
+      logging.info('eval: batch %d/%d, %d examples, %.1f examples/s, ETA %s', i + 1,
+                   num_batches, acc.num_examples, rate, metric_writer.format_eta(
+                       (num_batches - i - 1) * (acc.num_examples / (i + 1)) / rate))
+    if limit and acc.num_examples >= limit:
+      break
+  results = {'detections': source.name, 'matching_weights': source.weights,
+             'hypotheses': [list(h) for h in lay.hypotheses], 'base': lay.base,
+             **acc.results()}
+  logging.info('eval: %d examples in %.1f s', acc.num_examples, time.time() - t0)
+  if jax.process_index() == 0:
+    out_dir = os.path.join(workdir, 'eval')
+    os.makedirs(out_dir, exist_ok=True)
+    files.write_text(os.path.join(out_dir, 'results.json'), json.dumps(results, indent=2))
+    text = report.markdown(results, config.data.name, config.data.eval_split)
+    files.write_text(os.path.join(out_dir, 'report.md'), text)
+    _figures(lay, kept, out_dir)
+    logging.info('eval: wrote %s/results.json and report.md\n%s', out_dir, text)
+  return results
+
+
+def _figure_examples(data, weights, n):
+  """The first `n` examples of a batch, as single-example dicts for figures."""
+  data = {**data, 'weights': weights}
+  return [{k: v[i] for k, v in data.items()} for i in range(min(n, len(data['mask'])))]
+
+
+def _figures(lay: stages_lib.Layout, kept: list[dict[str, np.ndarray]], out_dir: str):
+  from deepskeleton_jax.visualization import figures  # pylint: disable=g-import-not-at-top
+  for i, ex in enumerate(kept):
+    title = f"example {int(ex['index'])}"
+    if 'maps' in ex:
+      maps = ex['maps'][lay.base]
+      figures.skeleton_maps_figure(ex['image'], maps[..., :3], maps[..., 3:],
+                                   os.path.join(out_dir, f'maps_{i}.png'),
+                                   title=f'{title}: predicted maps')
+    if 'hyps' in ex:
+      intr = ex['intrinsics'][lay.unit][None] if ex['has_intrinsics'] else None
+      dets, w = ex['detections'][None], ex['weights'][None]
+      proj = np.stack([scoring.place_in_image(h[None], dets, w, intr)[0] for h in ex['hyps']])
+      idx, _ = matching.select(ex['hyps'][None], dets, w, intr)
+      figures.hypotheses_figure(os.path.join(out_dir, f'hypotheses_{i}.png'), ex['image'],
+                                proj, ex['hyps'], int(idx[0]),
+                                gt_3d=ex['joints_3d'] if ex['has_3d'] else None)

@@ -1,0 +1,229 @@
+"""Reading a user's video (a file or a folder of frames) and per-frame box files.
+
+Everything that can be wrong with the inputs is found here, before any
+network runs or any output file is created, and raised as one clear
+`errors.InputError` (a file) or `errors.ConfigError` (a config value) naming
+the file or field and what was expected: a file OpenCV cannot open, a video
+or folder without frames, frames of differing sizes, a boxes file whose
+rows do not match the frames or whose boxes lie outside the frame.
+
+Boxes are `x0 y0 x1 y1` in frame pixels (continuous convention, docs/DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Iterator
+
+from absl import logging
+import cv2
+import numpy as np
+
+from deepskeleton_jax import errors
+from deepskeleton_jax.data import image_ops
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
+_NONE_WORDS = ('none', 'null', 'nan', '-')
+
+
+class FrameSource:
+  """The frames of a video file or of a folder of image files (sorted by name).
+
+  Attributes:
+    path: the video file or folder.
+    num_frames: number of frames (counted by decoding, not from the header).
+    height, width: frame size in pixels.
+    fps: frame rate: the file's, or `default_fps` for a folder (or a file
+      that gives none).
+  """
+
+  def __init__(self, path: str, default_fps: float):
+    """Opens the source and counts its frames.
+
+    Args:
+      path: a video file OpenCV reads, or a folder of frames.
+      default_fps: frame rate of a folder of frames.
+
+    Raises:
+      errors.InputError: no such path, unreadable, or no frames.
+    """
+    self.path = path
+    self._files = None
+    if os.path.isdir(path):
+      self._files = sorted(os.path.join(path, f) for f in os.listdir(path)
+                           if f.lower().endswith(IMAGE_EXTENSIONS))
+      if not self._files:
+        raise errors.InputError(f'{path}: the folder has no frames; expected image files '
+                                f'({", ".join(IMAGE_EXTENSIONS)}), one per frame, in name order')
+      self.num_frames, self.fps = len(self._files), float(default_fps)
+      self.height, self.width = image_ops.read_image(self._files[0]).shape[:2]
+      return
+    if not os.path.isfile(path):
+      raise errors.InputError(f'{path}: no such file or folder; expected a video file '
+                              'OpenCV reads or a folder of frames')
+    cap = self._open()
+    try:
+      fps = cap.get(cv2.CAP_PROP_FPS)
+      ok, first = cap.read()
+      count = int(ok)
+      while ok and cap.grab():
+        count += 1
+    finally:
+      cap.release()
+    if count == 0:
+      raise errors.InputError(f'{path}: the video has no frames; expected a video with at '
+                              'least one frame')
+    self.num_frames = count
+    self.height, self.width = first.shape[:2]
+    if not (math.isfinite(fps) and fps > 0):
+      logging.warning('%s gives no frame rate: using config.predict.fps=%s', path, default_fps)
+      fps = default_fps
+    self.fps = float(fps)
+
+  def _open(self) -> cv2.VideoCapture:
+    cap = cv2.VideoCapture(self.path)
+    if not cap.isOpened():
+      cap.release()
+      raise errors.InputError(
+          f'{self.path}: OpenCV cannot read this video (not a video, damaged, or a codec '
+          'OpenCV lacks); expected a video file OpenCV reads (e.g. .mp4, .avi) or a '
+          'folder of frames')
+    return cap
+
+  @property
+  def is_folder(self) -> bool:
+    """Whether the source is a folder of frames."""
+    return self._files is not None
+
+  def frames(self) -> Iterator[np.ndarray]:
+    """Yields the frames in order as [H, W, 3] uint8 RGB (a fresh pass each call).
+
+    Raises:
+      errors.InputError: a frame cannot be decoded or differs in size.
+    """
+    if self._files is not None:
+      for path in self._files:
+        frame = image_ops.read_image(path)
+        if frame.shape[:2] != (self.height, self.width):
+          raise errors.InputError(
+              f'{path}: frame of {frame.shape[1]}x{frame.shape[0]} pixels; expected every '
+              f'frame of {self.path} to be {self.width}x{self.height} like the first')
+        yield frame
+      return
+    cap = self._open()
+    try:
+      for index in range(self.num_frames):
+        ok, frame = cap.read()
+        if not ok:
+          raise errors.InputError(f'{self.path}: frame {index} cannot be decoded (the file '
+                                  f'has {self.num_frames} frames)')
+        yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+    finally:
+      cap.release()
+
+
+def check_box(box: np.ndarray, height: int, width: int) -> str | None:
+  """Why a box is not a person box in a `width` x `height` frame, or None.
+
+  A box must have x1 > x0, y1 > y0 and its centre inside the frame (it may
+  reach past the border: crops are padded).
+  """
+  if not np.all(np.isfinite(box)) or box[2] <= box[0] or box[3] <= box[1]:
+    return 'expected x0 y0 x1 y1 with x1 > x0 and y1 > y0'
+  cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+  if not (0 <= cx <= width and 0 <= cy <= height):
+    return (f'it lies outside the {width}x{height} frame; expected a box in frame pixels '
+            'whose centre is inside the frame')
+  return None
+
+
+def _parse_row(values: list, where: str) -> np.ndarray:
+  """One box row: 4 numbers, or a 'none' marker (all NaN: no person there)."""
+  if values is None or (len(values) in (0, 1) and (
+      not values or str(values[0]).strip().lower() in _NONE_WORDS)):
+    return np.full(4, np.nan, np.float32)
+  try:
+    row = np.array([float(v) for v in values], np.float32)
+  except (TypeError, ValueError):
+    row = np.zeros(0)
+  if row.shape != (4,):
+    raise errors.InputError(f"{where}: {values!r} is not a box; expected 'x0 y0 x1 y1' "
+                            "(4 numbers in frame pixels) or 'none'")
+  return row
+
+
+def _json_rows(path: str, text: str) -> list:
+  try:
+    data = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise errors.InputError(f'{path}: not valid JSON ({e})') from None
+  if isinstance(data, dict):
+    if 'boxes' in data:
+      data = data['boxes']
+    elif 'frames' in data:  # the video predictor's own JSON
+      data = [f.get('box') if isinstance(f, dict) else f for f in data['frames']]
+  if not isinstance(data, list):
+    raise errors.InputError(f'{path}: expected a JSON list of [x0, y0, x1, y1] rows (or '
+                            'null), one per frame, or {"boxes": [...]}')
+  return [[] if r is None else (r if isinstance(r, list) else [r]) for r in data]
+
+
+def _csv_rows(text: str) -> list[tuple[int, list[str]]]:
+  rows = []
+  for number, line in enumerate(text.splitlines(), start=1):
+    line = line.split('#')[0].strip()
+    if line:
+      rows.append((number, line.replace(',', ' ').replace(';', ' ').split()))
+  if rows:  # a header line ('x0,y0,x1,y1') is skipped
+    try:
+      [float(v) for v in rows[0][1] if v.lower() not in _NONE_WORDS]
+    except ValueError:
+      rows = rows[1:]
+  return rows
+
+
+def read_boxes_file(path: str, num_frames: int, height: int, width: int,
+                    video: str) -> np.ndarray:
+  """Reads one person box per frame from a CSV or JSON file.
+
+  CSV (or any text): one row per frame, `x0 y0 x1 y1` separated by commas or
+  spaces, optional header line, `#` comments; `none` for a frame without a
+  person. JSON: a list of `[x0, y0, x1, y1]` or `null`, or `{"boxes": [...]}`,
+  or the `frames` of the video predictor's own JSON output.
+
+  Args:
+    path: the file.
+    num_frames: frames of the video (one row each).
+    height, width: frame size (boxes are checked against it).
+    video: the video's path, for the messages.
+
+  Returns:
+    [num_frames, 4] float32 boxes, NaN rows where there is no person.
+
+  Raises:
+    errors.InputError: unreadable file, wrong row count, bad or outside box.
+  """
+  try:
+    with open(path, encoding='utf-8') as f:
+      text = f.read()
+  except (OSError, UnicodeDecodeError) as e:
+    raise errors.InputError(f'{path}: cannot read the boxes file ({e})') from None
+  if path.lower().endswith('.json') or text.lstrip()[:1] in ('[', '{'):
+    rows = [(i + 1, r) for i, r in enumerate(_json_rows(path, text))]
+    what = 'entry'
+  else:
+    rows, what = _csv_rows(text), 'line'
+  if len(rows) != num_frames:
+    raise errors.InputError(
+        f'{path}: {len(rows)} boxes for the {num_frames} frames of {video}; expected one '
+        "row 'x0 y0 x1 y1' (or 'none') per frame")
+  boxes = np.stack([_parse_row(r, f'{path}: {what} {n}') for n, r in rows])
+  for (n, _), box in zip(rows, boxes):
+    if np.all(np.isnan(box)):
+      continue
+    problem = check_box(box, height, width)
+    if problem:
+      raise errors.InputError(f'{path}: {what} {n}: box {box.tolist()}: {problem}')
+  return boxes

@@ -1,0 +1,1 @@
+"""Serving trained models: the jittable pipeline, matching, prediction on images and videos, export."""

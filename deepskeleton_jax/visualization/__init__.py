@@ -1,0 +1,1 @@
+"""Pictures: skeleton drawing, report and prediction figures, video overlays."""
