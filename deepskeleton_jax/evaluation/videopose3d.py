@@ -187,15 +187,15 @@ class VideoPose3DFile:
       errors.InputError: naming the first example without a row.
     """
     out = np.zeros((len(ids['frame']), skeleton.NUM_JOINTS, 2), np.float32)
-    for i, (subject, action, cam, frame) in enumerate(zip(
-        ids['subject'], ids['action'], ids['camera'], ids['frame'])):
-      take = self._takes.get((str(subject), canonical_action(str(action))), {})
+    for i, ids_i in enumerate(zip(ids['subject'], ids['action'], ids['camera'], ids['frame'])):
+      subject, action, cam, frame = tuple(str(v) for v in ids_i[:3]) + (int(ids_i[3]),)
+      take = self._takes.get((subject, canonical_action(action)), {})
       array = take.get(CAMERAS.index(cam) if cam in CAMERAS else -1)
-      if array is None or not 0 <= int(frame) < len(array):
+      if array is None or not 0 <= frame < len(array):
         have = 'no such take' if not take else (
             'no such camera' if array is None else f'{len(array)} frames')
         raise errors.InputError(
             f'{self.path}: no detections for example {subject}/{action}.{cam}/{frame} '
-            f'(positions_2d[{subject!r}][{canonical_action(str(action))!r}]: {have})')
-      out[i] = array[int(frame)]
+            f'(positions_2d[{subject!r}][{canonical_action(action)!r}]: {have})')
+      out[i] = array[frame]
     return out, None
