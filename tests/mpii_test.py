@@ -188,6 +188,9 @@ def test_mat_route_splits_coordinates_and_head_boxes(mat_manual, tmp_path):
   assert [(e['image_name'], e['frame']) for e in train] == [(b'a.jpg', 0)]
   assert [(e['image_name'], e['frame']) for e in valid] == [(b'b.jpg', 0)]
   assert [(e['image_name'], e['frame']) for e in holdout] == [(b'd.jpg', 0)]
+  # The validation order of valid.h5, read back from disk by a new builder.
+  reopened = mpii.Mpii(data_dir=str(tmp_path), config=builder.builder_config)
+  assert reopened.info.metadata['row_order'] == {'validation': ['b.jpg#0']}
   for ex, joints, head, scale, objpos in (
       (train[0], {0: (30, 80), 9: (40, 10), 12: (50, 30)}, (30, 5, 50, 20),
        0.4, (40, 45)),
