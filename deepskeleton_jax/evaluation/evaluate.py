@@ -92,7 +92,7 @@ class DetectionSource:
       self._file = detections_lib.open_detections(
           self.name, config.eval.detections_convention,
           lambda: registry.row_order(config.data, config.data.eval_split))
-      self.weights = ("the file's scores" if getattr(self._file, 'has_scores', False)
+      self.weights = ("the file's scores" if self._file.has_scores
                       else 'all ones (the file has no scores)')
 
   def __call__(self, data: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

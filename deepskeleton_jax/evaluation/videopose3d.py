@@ -138,6 +138,8 @@ def _layout(path: str, metadata: Any, num_joints: int) -> np.ndarray:
 class VideoPose3DFile:
   """A VideoPose3D file's detections, looked up by (subject, action, camera, frame)."""
 
+  has_scores = False  # The files hold coordinates only.
+
   def __init__(self, path: str, offset: float):
     """Reads the file (module docstring).
 
