@@ -105,3 +105,64 @@ def test_bad_files_raise(tmp_path):
     detections.load_detections(bad)
   with pytest.raises(errors.InputError, match='does not exist'):
     detections.load_detections(tmp_path / 'missing.mat')
+
+
+# VideoPose3D's 17 Human3.6M joints by name, and ours (MPII order) by name.
+_VP3D_NAMES = ('hip', 'r_hip', 'r_knee', 'r_foot', 'l_hip', 'l_knee', 'l_foot', 'spine',
+               'thorax', 'neck_nose', 'head', 'l_shoulder', 'l_elbow', 'l_wrist',
+               'r_shoulder', 'r_elbow', 'r_wrist')
+_OURS_AS_VP3D = ('r_foot', 'r_knee', 'r_hip', 'l_hip', 'l_knee', 'l_foot', 'hip', 'thorax',
+                 'neck_nose', 'head', 'r_wrist', 'r_elbow', 'r_shoulder', 'l_shoulder',
+                 'l_elbow', 'l_wrist')
+_IDS = {'subject': np.array(['S9', 'S1']), 'action': np.array(['Photo 1', 'WalkingDog']),
+        'camera': np.array(['58860488', '54138969']), 'frame': np.array([4, 0])}
+
+
+def _vp3d_file(path, num_joints, metadata):
+  rng = np.random.default_rng(0)
+  positions = {'S9': {'TakingPhoto 1': [rng.uniform(0, 1000, (6, num_joints, 2))
+                                        .astype(np.float32) for _ in range(4)]},
+               'S1': {'WalkDog': [rng.uniform(0, 1000, (3, num_joints, 2))
+                                  .astype(np.float32) for _ in range(4)]}}
+  np.savez_compressed(path, positions_2d=positions, metadata=metadata)
+  return positions
+
+
+def test_videopose3d_joints_cameras_and_spellings(tmp_path):
+  path = tmp_path / 'data_2d_h36m_cpn_ft_h36m_dbb.npz'
+  pos = _vp3d_file(path, 17, {'layout_name': 'h36m', 'num_joints': 17, 'keypoints_symmetry':
+                              [[4, 5, 6, 11, 12, 13], [1, 2, 3, 14, 15, 16]]})
+  source = detections.open_detections(path, 'auto', lambda: None)
+  joints, scores = source.lookup(_IDS)
+  assert scores is None
+  order = [_VP3D_NAMES.index(n) for n in _OURS_AS_VP3D]
+  np.testing.assert_array_equal(joints[0], pos['S9']['TakingPhoto 1'][2][4][order])
+  np.testing.assert_array_equal(joints[1], pos['S1']['WalkDog'][0][0][order])
+  shifted, _ = detections.open_detections(path, 'one_based', lambda: None).lookup(_IDS)
+  np.testing.assert_allclose(shifted, joints - 0.5)
+  with pytest.raises(errors.InputError, match=r"example S1/WalkingDog\.54138969/3 .*3 frames"):
+    source.lookup({**_IDS, 'frame': np.array([4, 3])})
+  # Stacked Hourglass files: 16 joints in MPII's (our) order.
+  sh = _vp3d_file(tmp_path / 'sh.npz', 16, {'num_joints': 16, 'keypoints_symmetry': [
+      [3, 4, 5, 13, 14, 15], [0, 1, 2, 10, 11, 12]]})
+  joints, _ = detections.open_detections(tmp_path / 'sh.npz', 'auto', lambda: None).lookup(_IDS)
+  np.testing.assert_array_equal(joints[0], sh['S9']['TakingPhoto 1'][2][4])
+
+
+def test_videopose3d_files_refused(tmp_path):
+  _vp3d_file(tmp_path / 'coco.npz', 17, {'layout_name': 'coco', 'num_joints': 17})
+  with pytest.raises(errors.InputError, match=r"coco\.npz: 17 joints in layout 'coco'"):
+    detections.open_detections(tmp_path / 'coco.npz', 'auto', lambda: None)
+  _vp3d_file(tmp_path / 'sym.npz', 17, {'keypoints_symmetry': [[1, 2, 3], [4, 5, 6]]})
+  with pytest.raises(errors.InputError, match='another joint order'):
+    detections.open_detections(tmp_path / 'sym.npz', 'auto', lambda: None)
+
+  class RunsCode:
+    def __reduce__(self):
+      return (print, ('a file ran code',))
+
+  np.savez(tmp_path / 'code.npz', positions_2d=np.array(RunsCode(), dtype=object))
+  with pytest.raises(errors.InputError, match=r'builtins\.print is not part of a numpy array'):
+    detections.open_detections(tmp_path / 'code.npz', 'auto', lambda: None)
+  with pytest.raises(errors.ConfigError, match='detections_convention'):
+    detections.open_detections(tmp_path / 'coco.npz', 'matlab', lambda: None)

@@ -18,6 +18,7 @@ from deepskeleton_jax.data import registry
 from deepskeleton_jax.geometry import camera
 
 mpii = registry.load_module('mpii')
+mpii_annotations = registry.load_module('mpii', 'mpii_annotations')
 
 
 def _build(manual_dir, data_dir, **kwargs):
@@ -99,6 +100,32 @@ def test_json_crop_pixels_match_an_independent_warp(json_build):
     assert diff.mean() < 8, ex["image_name"]  # (a 1 px shift gives 6-26)
 
 
+def test_json_head_sizes_of_all_2958_validation_persons(shared_data, tmp_path):
+  """Both JSON-route sources give every validation person the official head size,
+  the 10 whose `pos_gt_src` holds a zero coordinate included."""
+  folder = shared_data / 'mpii_eval'
+  boxes = scipy.io.loadmat(folder / 'gt_valid_tompson_format.mat')['headboxes_src']
+  official = 0.6 * np.linalg.norm(boxes[1] - boxes[0], axis=0)
+  path = tmp_path / 'valid.json'
+  path.write_text(json.dumps(mpii_release.validation_annotations(shared_data)))
+  persons = mpii_annotations.read_json(path)
+  mpii_annotations.attach_official_head_sizes(
+      persons, mpii_annotations.read_gt_valid(folder / 'gt_valid_tompson_format.mat'),
+      folder / 'gt_valid_tompson_format.mat', path)
+  np.testing.assert_allclose([p.head_size for p in persons], official, rtol=1e-6)
+  persons = mpii_annotations.read_json(path)
+  valid = mpii_annotations.read_valid_h5(folder / 'valid.h5')
+  assert mpii_annotations.attach_head_sizes(persons, valid) == 2958
+  np.testing.assert_allclose([p.head_size for p in persons], official, rtol=1e-4)
+  # Not the official order: refused, naming the first person out of place.
+  swapped = mpii_annotations.read_json(path)
+  swapped[5], swapped[6] = swapped[6], swapped[5]
+  with pytest.raises(errors.InputError, match='person 5 .* is not person 5'):
+    mpii_annotations.attach_official_head_sizes(
+        swapped, mpii_annotations.read_gt_valid(folder / 'gt_valid_tompson_format.mat'),
+        folder / 'gt_valid_tompson_format.mat', path)
+
+
 def _struct_array(dicts):
   arr = np.zeros((len(dicts),), dtype=[(k, object) for k in dicts[0]])
   for i, d in enumerate(dicts):
@@ -161,6 +188,9 @@ def test_mat_route_splits_coordinates_and_head_boxes(mat_manual, tmp_path):
   assert [(e['image_name'], e['frame']) for e in train] == [(b'a.jpg', 0)]
   assert [(e['image_name'], e['frame']) for e in valid] == [(b'b.jpg', 0)]
   assert [(e['image_name'], e['frame']) for e in holdout] == [(b'd.jpg', 0)]
+  # The validation order of valid.h5, read back from disk by a new builder.
+  reopened = mpii.Mpii(data_dir=str(tmp_path), config=builder.builder_config)
+  assert reopened.info.metadata['row_order'] == {'validation': ['b.jpg#0']}
   for ex, joints, head, scale, objpos in (
       (train[0], {0: (30, 80), 9: (40, 10), 12: (50, 30)}, (30, 5, 50, 20),
        0.4, (40, 45)),
@@ -228,7 +258,7 @@ def test_bad_joints_rejected_and_corrupt_images_skipped_or_strict(
 
 
 def test_holdout_is_every_20th_training_image_with_all_its_persons():
-  persons = [mpii.Person(f'{i:03d}.jpg', k, np.zeros(2), 1.0, np.zeros((16, 2)),
+  persons = [mpii_annotations.Person(f'{i:03d}.jpg', k, np.zeros(2), 1.0, np.zeros((16, 2)),
                          np.ones(16, bool)) for i in range(45) for k in range(1 + i % 3)]
   images = list(dict.fromkeys(p.image for p in persons))
   train, holdout = mpii.split_holdout(persons, 20)

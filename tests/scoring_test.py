@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+from deepskeleton_jax import errors
+
 from deepskeleton_jax.evaluation import evaluate
 from deepskeleton_jax.evaluation import metrics
 from deepskeleton_jax.evaluation import report
@@ -38,6 +40,7 @@ def _batch(rng, actions, h=3):
       'has_intrinsics': np.ones(b, bool), 'intrinsics': np.tile(INTR, (b, 2, 1)),
       'joints_2d': np.repeat(joints_2d[:, None], 2, axis=1).astype(np.float32),
       'visible': np.ones((b, K), bool), 'head_size': np.zeros((b, 2), np.float32),
+      'input_to_image': np.tile(np.eye(2, 3, dtype=np.float32), (b, 2, 1, 1)),
       'action': np.array(actions), 'hyps': hyps.astype(np.float32),
       'gt_hyps': (hyps + rng.normal(0, 5, hyps.shape)).astype(np.float32),
       'direct': (gt + rng.normal(0, 90, gt.shape)).astype(np.float32),
@@ -158,20 +161,62 @@ def test_matching_uses_the_detectors_weights_not_ground_truth_visibility():
   np.testing.assert_array_equal(got_w, np.ones((1, K)))
 
 
-def test_detection_file_scores_are_the_weights(tmp_path):
+_ORDER = ['a.jpg#0', 'b.jpg#0', 'b.jpg#1', 'c.jpg#0', 'd.jpg#2']
+
+
+def _file_source(monkeypatch, path, order=_ORDER, convention='auto'):
+  monkeypatch.setattr(evaluate.registry, 'row_order', lambda data, split: order)
+  config = config_lib.finalize(config_lib.base_config())
+  config.eval.detections = str(path)
+  config.eval.detections_convention = convention
+  return evaluate.DetectionSource(config, {}, '/tmp/w')
+
+
+def test_detection_file_rows_join_examples_by_key_with_their_scores(tmp_path, monkeypatch):
   path = tmp_path / 'dets.npz'
   joints = np.random.default_rng(4).uniform(0, 100, (5, K, 2)).astype(np.float32)
   scores = np.random.default_rng(5).uniform(0, 1, (5, K)).astype(np.float32)
   np.savez(path, preds=joints, scores=scores)
-  config = config_lib.finalize(config_lib.base_config())
-  config.eval.detections = str(path)
-  source = evaluate.DetectionSource(config, {}, '/tmp/w')
-  eye = np.tile(np.array([[1.0, 0, 0], [0, 1.0, 0]], np.float32), (2, 1, 1, 1))
-  out = {'index': np.array([4, 1]), 'input_to_image': eye}
+  source = _file_source(monkeypatch, path)
+  # Input pixels = image pixels / 2 - 1 (input_to_image: x 2, + 2).
+  to_image = np.tile(np.array([[2.0, 0, 2], [0, 2.0, 2]], np.float32), (2, 1, 1, 1))
+  out = {'image_name': np.array(['d.jpg', 'b.jpg']), 'frame': np.array([2, 0]),
+         'index': np.array([0, 1]), 'input_to_image': to_image}
   dets, w = source(out)
-  np.testing.assert_allclose(dets, joints[[4, 1]], atol=1e-4)
+  # Rows 4 and 1 by key (not by index 0, 1), read 1-based (-0.5) by default.
+  np.testing.assert_allclose(dets, (joints[[4, 1]] - 0.5 - 2) / 2, atol=1e-4)
   np.testing.assert_array_equal(w, scores[[4, 1]])
   assert 'scores' in source.weights
+  dets, _ = _file_source(monkeypatch, path, convention='zero_based')(out)
+  np.testing.assert_allclose(dets, (joints[[4, 1]] + 0.5 - 2) / 2, atol=1e-4)
+  with pytest.raises(errors.InputError, match=r'example a\.jpg#1 is not among'):
+    source({**out, 'image_name': np.array(['a.jpg', 'b.jpg']), 'frame': np.array([1, 0])})
+
+
+def test_detection_files_with_missing_or_surplus_rows_are_refused(tmp_path, monkeypatch):
+  path = tmp_path / 'dets.npy'
+  np.save(path, np.zeros((5, K, 2), np.float32))
+  with pytest.raises(errors.InputError, match=r'dets\.npy: 5 rows for the 6 .* no row for e\.jpg#0'):
+    _file_source(monkeypatch, path, _ORDER + ['e.jpg#0'])
+  with pytest.raises(errors.InputError, match=r'dets\.npy: 5 rows for the 4 .* rows 4 to 4 are surplus'):
+    _file_source(monkeypatch, path, _ORDER[:4])
+  with pytest.raises(errors.InputError, match='rows carry no names'):
+    _file_source(monkeypatch, path, None)
+
+
+def test_2d_error_row_is_the_image_pixel_distance():
+  lay = _layout()
+  rng = np.random.default_rng(6)
+  data = _batch(rng, ['Walking'] * 4)
+  data['input_to_image'] = np.tile(np.array([[3.0, 0, 7], [0, 3.0, -5]], np.float32), (4, 2, 1, 1))
+  data['detections'] = data['joints_2d'][:, lay.unit] + np.float32([0.6, 0.8])  # 1 input px
+  data['visible'][0, :4] = False  # not annotated: not counted (they are far off)
+  data['detections'][0, :4] += 100
+  acc = scoring.Accumulator(lay, h36m_actions=True)
+  w = np.ones((4, K), np.float32)
+  poses, choice = scoring.comparison_poses(data, lay, None, w, None)
+  acc.add(data, poses, choice, w, None)
+  np.testing.assert_allclose(acc.results()['error_2d_px']['2D detections'], 3.0, rtol=1e-4)
 
 
 def test_report_pckh_prints_both_means():

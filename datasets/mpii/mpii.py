@@ -7,6 +7,8 @@ Manual download: the images and either annotation form into `manual_dir`:
   <manual_dir>/mpii_human_pose_v1_u12_1.mat      annotation_format='mat'
   <manual_dir>/valid.h5                          'mat': required (the split);
                                                  'json': optional (head sizes)
+  <manual_dir>/gt_valid.mat                      'json': optional, the official
+                                                 evaluation file (head sizes)
   <manual_dir>/<pseudo_3d_file>                  optional pseudo-3D joints
 
 Splits: `train`, `holdout` and `validation`, the standard 2958-person
@@ -38,9 +40,24 @@ scale x 200 x `box_scale_factor` (1.25); stored crop = box x `crop_scale`
 (1.5) resampled to `crop_size` (256).
 
 Head size (PCKh normaliser, 0.6 x head box diagonal, stored in crop pixels):
-.mat route from the head box `x1 y1 x2 y2`; JSON route from `valid_h5`'s
-`normalize` for persons it lists (matched by image and joints), else 0 with
-a logged count.
+.mat route from the head box `x1 y1 x2 y2`. JSON route, validation persons:
+from the official evaluation file `gt_valid_file` (HRNet ships it as
+`gt_valid.mat` next to valid.json; `gt_valid_tompson_format.mat` is the same
+file) where present: person i of `valid_file` is column i of its
+`headboxes_src`, exactly as the official evaluation pairs its rows (the build
+checks that the files list the same persons: same count, joints within 2 px
+of `pos_gt_src` for most annotated joints). Otherwise, and for the training
+persons, from `valid_h5`'s `normalize` (0.6 x the same head boxes) for
+persons it lists, matched by image and the median joint distance (under 2
+px: `pos_gt_src` holds a zero coordinate for 10 of the 2958 validation
+persons where the annotation has a value), else 0 with a logged count.
+
+Row order: the validation persons' keys ('<image>#<person>') in the order of
+the annotation file they come from (valid.json; .mat route: valid.h5) are
+recorded in the dataset's metadata (`example_format.ROW_ORDER`); for the
+standard files this is the 2958-person order of the official evaluation, the
+order of the published detection files (bearpaw's, Newell's, Tompson's
+`.mat`/`.h5`), which evaluation joins to the examples through it.
 
 Bad files (`strict`, default False): an unreadable or undecodable image is
 skipped with its persons, named in the log and listed in the dataset's
@@ -62,14 +79,11 @@ the annotation file). Persons without an entry get has_3d False.
 import collections
 import dataclasses
 import functools
-import json
 import pathlib
 from typing import Any, Iterator
 
 from absl import logging
-import h5py
 import numpy as np
-import scipy.io
 import tensorflow_datasets as tfds
 
 from deepskeleton_jax import errors
@@ -77,6 +91,7 @@ from deepskeleton_jax.data import build_units
 from deepskeleton_jax.data import example_format
 from deepskeleton_jax.data import image_ops
 from deepskeleton_jax.geometry import skeleton
+from . import mpii_annotations
 
 K = skeleton.NUM_JOINTS
 
@@ -88,6 +103,8 @@ _LAYOUT = """\
   mpii_human_pose_v1_u12_1.mat   annotation_format='mat' (mpii_human_pose_v1_u12_2.zip)
   valid.h5                       'mat': the validation split (index, person);
                                  'json': optional, head sizes (normalize)
+  gt_valid.mat                   'json': optional, the official evaluation
+                                 file (head sizes of the validation persons)
   <pseudo_3d_file>.npz           optional pseudo-3D joints"""
 
 _MAX_LISTED = 30
@@ -102,6 +119,7 @@ class MpiiConfig(tfds.core.BuilderConfig):
   valid_file: str = 'valid.json'
   mat_file: str = 'mpii_human_pose_v1_u12_1.mat'
   valid_h5: str = 'valid.h5'
+  gt_valid_file: str = 'gt_valid.mat'
   images_dir: str = 'images'
   pseudo_3d_file: str = ''
   crop_size: int = 256
@@ -124,169 +142,19 @@ class MpiiConfig(tfds.core.BuilderConfig):
         raise errors.ConfigError(f'{f} must be positive, got {getattr(self, f)}')
 
 
-@dataclasses.dataclass
-class Person:
-  """One annotated person, continuous pixel coordinates."""
-  image: str
-  person: int
-  center: np.ndarray  # [2] annotated centre (objpos), not shifted.
-  scale: float
-  joints: np.ndarray  # [16, 2]
-  visible: np.ndarray  # [16] bool
-  head_size: float = 0.0
-
-
-def read_json(path: pathlib.Path) -> list[Person]:
-  """Reads a common-format JSON annotation file (1-based coordinates)."""
-  try:
-    entries = json.loads(path.read_text())
-  except (OSError, ValueError) as e:
-    raise errors.InputError(f'{path}: not a readable JSON file ({e})') from e
-  if not isinstance(entries, list):
-    raise errors.InputError(f'{path}: expected a JSON list of persons')
-  counts = collections.Counter()
-  persons = []
-  for k, a in enumerate(entries):
-    need = ('image', 'center', 'scale', 'joints', 'joints_vis')
-    lacking = [f for f in need if not isinstance(a, dict) or f not in a]
-    if lacking:
-      raise errors.InputError(f'{path}: entry {k} lacks {lacking} (expected the keys '
-                       f'{need})')
-    try:
-      joints = np.asarray(a['joints'], np.float64).reshape(K, 2)
-      visible = np.asarray(a['joints_vis'], np.float64).reshape(K) > 0
-      center = np.asarray(a['center'], np.float64).reshape(2)
-      scale = float(a['scale'])
-    except (TypeError, ValueError) as e:
-      raise errors.InputError(f'{path}: entry {k}: expected joints (16, 2), '
-                       f'joints_vis (16,), center (2,), scale ({e})') from e
-    image = str(a['image'])
-    persons.append(Person(image, counts[image], center - 0.5, scale,
-                          joints[skeleton.MPII_TO_SKELETON] - 0.5,
-                          visible[skeleton.MPII_TO_SKELETON]))
-    counts[image] += 1
-  return persons
-
-
-def _empty(x) -> bool:
-  return x is None or (isinstance(x, np.ndarray) and x.size == 0)
-
-
-def person_from_rect(image: str, index: int, rect) -> Person | None:
-  """A Person from a .mat `annorect` entry, or None without annotations."""
-  scale, objpos = getattr(rect, 'scale', None), getattr(rect, 'objpos', None)
-  annopoints = getattr(rect, 'annopoints', None)
-  if _empty(scale) or _empty(objpos) or _empty(annopoints):
-    return None
-  points = getattr(annopoints, 'point', None)
-  if _empty(points):
-    return None
-  joints = np.zeros((K, 2))
-  visible = np.zeros(K, bool)
-  for p in np.atleast_1d(points):
-    j = skeleton.MPII_TO_SKELETON[int(p.id)]
-    joints[j] = (float(p.x) - 0.5, float(p.y) - 0.5)
-    visible[j] = True
-  head_size = 0.0
-  if all(not _empty(getattr(rect, f, None)) for f in ('x1', 'y1', 'x2', 'y2')):
-    head_size = 0.6 * float(np.hypot(float(rect.x2) - float(rect.x1),
-                                     float(rect.y2) - float(rect.y1)))
-  center = np.array([float(objpos.x), float(objpos.y)]) - 0.5
-  return Person(image, index, center, float(scale), joints, visible, head_size)
-
-
-def read_mat(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
-  """Reads the official .mat: (annolist [N] of structs, img_train [N])."""
-  try:
-    mat = scipy.io.loadmat(str(path), struct_as_record=False, squeeze_me=True)
-    release = mat['RELEASE']
-    return (np.atleast_1d(release.annolist),
-            np.atleast_1d(np.asarray(release.img_train)).astype(int))
-  except Exception as e:  # pylint: disable=broad-except
-    # scipy raises many kinds of errors on damaged files; name the file.
-    raise errors.InputError(f'{path}: not the MPII annotation .mat (a struct RELEASE '
-                     f'with annolist and img_train) ({type(e).__name__}: {e})'
-                     ) from e
-
-
-def read_valid_h5(path: pathlib.Path) -> dict[str, np.ndarray]:
-  """Reads a hourglass-format valid.h5 (index, person, imgname, part, normalize)."""
-  try:
-    with h5py.File(path, 'r') as f:
-      out = {k: f[k][()] for k in ('index', 'person', 'imgname', 'part',
-                                   'normalize')}
-  except (OSError, KeyError) as e:
-    raise errors.InputError(f'{path}: expected an HDF5 file with index, person, '
-                     f'imgname, part, normalize ({e})') from e
-  out['imgname'] = np.array([n.decode() if isinstance(n, bytes) else str(n)
-                             for n in out['imgname']])
-  return out
-
-
-def mat_persons(annolist: np.ndarray, img_train: np.ndarray,
-                valid: dict[str, np.ndarray], mat_path: pathlib.Path,
-                valid_path: pathlib.Path) -> tuple[list[Person], list[Person]]:
-  """(train, validation) persons of the .mat route."""
-  valid_pairs = [(int(i), int(p)) for i, p in zip(valid['index'],
-                                                  valid['person'])]
-  validation = []
-  for i, p in valid_pairs:
-    rects = np.atleast_1d(annolist[i].annorect) if i < len(annolist) else []
-    person = (person_from_rect(annolist[i].image.name, p, rects[p])
-              if p < len(rects) else None)
-    if person is None:
-      raise errors.InputError(f'{valid_path}: image {i} person {p} has no annotated '
-                       f'person in {mat_path} (mismatched files?)')
-    validation.append(person)
-  held_out = set(valid_pairs)
-  train = []
-  for i in np.flatnonzero(img_train == 1):
-    rects = annolist[i].annorect
-    if _empty(rects):
-      continue
-    for p, rect in enumerate(np.atleast_1d(rects)):
-      if (i, p) not in held_out:
-        person = person_from_rect(annolist[i].image.name, p, rect)
-        if person is not None:
-          train.append(person)
-  return train, validation
-
-
-def attach_head_sizes(persons: list[Person], valid: dict[str, np.ndarray]
-                      ) -> int:
-  """Sets head sizes from valid.h5 `normalize`; returns how many matched.
-
-  A JSON person matches a valid.h5 entry of the same image whose joints agree
-  within 2 px (valid.h5 rounds them) over the joints annotated in both.
-  """
-  by_image = collections.defaultdict(list)
-  for k, name in enumerate(valid['imgname']):
-    by_image[name].append(k)
-  matched = 0
-  for person in persons:
-    best, best_err = None, 2.0
-    for k in by_image.get(person.image, ()):
-      part = valid['part'][k] - 0.5
-      both = person.visible & np.any(valid['part'][k] > 0, axis=-1)
-      if both.any():
-        err = np.abs(part[both] - person.joints[both]).max()
-        if err < best_err:
-          best, best_err = k, err
-    if best is not None:
-      person.head_size = float(valid['normalize'][best])
-      matched += 1
-  return matched
-
-
 class Mpii(build_units.BeamAware, tfds.core.GeneratorBasedBuilder):
   """MPII Human Pose person crops (2D joints, head sizes, optional 3D)."""
 
-  VERSION = tfds.core.Version('1.1.0')
+  VERSION = tfds.core.Version('1.2.0')
   RELEASE_NOTES = {
       '1.0.0': 'Initial release.',
       '1.1.0': "A 'holdout' split (the persons of every holdout_every-th "
                'training image); unreadable images skipped and listed in the '
                'metadata unless strict; Beam builds.',
+      '1.2.0': 'The validation order recorded in the metadata (row_order, for '
+               'detection files); JSON route head sizes from the official '
+               'gt_valid.mat by position where present, and valid.h5 matched by '
+               'the median joint distance (all 2958 validation persons).',
   }
   BUILDER_CONFIGS = [MpiiConfig(name='default')]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
@@ -321,19 +189,16 @@ class Mpii(build_units.BeamAware, tfds.core.GeneratorBasedBuilder):
 
     valid_path = root / cfg.valid_h5
     if cfg.annotation_format == 'mat':
-      annolist, img_train = read_mat(root / cfg.mat_file)
-      train, validation = mat_persons(annolist, img_train,
-                                      read_valid_h5(valid_path),
-                                      root / cfg.mat_file, valid_path)
+      annolist, img_train = mpii_annotations.read_mat(root / cfg.mat_file)
+      train, validation = mpii_annotations.mat_persons(
+          annolist, img_train, mpii_annotations.read_valid_h5(valid_path),
+          root / cfg.mat_file, valid_path)
     else:
-      train = read_json(root / cfg.train_file)
-      validation = read_json(root / cfg.valid_file)
-      if valid_path.is_file():
-        valid = read_valid_h5(valid_path)
-        for name, persons in (('train', train), ('validation', validation)):
-          matched = attach_head_sizes(persons, valid)
-          logging.info('mpii %s: head sizes for %d of %d persons from %s',
-                       name, matched, len(persons), valid_path)
+      train = mpii_annotations.read_json(root / cfg.train_file)
+      validation = mpii_annotations.read_json(root / cfg.valid_file)
+      self._json_head_sizes(root, train, validation)
+    self.info.metadata[example_format.ROW_ORDER] = {
+        'validation': [example_format.person_key(p.image, p.person) for p in validation]}
     for name, persons in (('train', train), ('validation', validation)):
       unknown = sum(p.head_size <= 0 for p in persons)
       if unknown:
@@ -352,6 +217,25 @@ class Mpii(build_units.BeamAware, tfds.core.GeneratorBasedBuilder):
              for shard in shards(root / cfg.images_dir, persons, pseudo, split)]
     return self._units('mpii', units, functools.partial(process_shard, cfg),
                        ('train', 'holdout', 'validation'), cfg.strict)
+
+  def _json_head_sizes(self, root: pathlib.Path, train: list[mpii_annotations.Person],
+                       validation: list[mpii_annotations.Person]) -> None:
+    """JSON route: head sizes from gt_valid_file and/or valid_h5 (module docstring)."""
+    cfg = self.builder_config
+    gt_path, valid_path = root / cfg.gt_valid_file, root / cfg.valid_h5
+    todo = [('train', train), ('validation', validation)]
+    if gt_path.is_file():
+      mpii_annotations.attach_official_head_sizes(
+          validation, mpii_annotations.read_gt_valid(gt_path), gt_path, root / cfg.valid_file)
+      logging.info('mpii validation: head sizes of all %d persons from %s',
+                   len(validation), gt_path)
+      todo = todo[:1]
+    if valid_path.is_file():
+      valid = mpii_annotations.read_valid_h5(valid_path)
+      for name, persons in todo:
+        matched = mpii_annotations.attach_head_sizes(persons, valid)
+        logging.info('mpii %s: head sizes for %d of %d persons from %s',
+                     name, matched, len(persons), valid_path)
 
   def _raise_missing(self, root: pathlib.Path, missing: list[str]):
     listed = '\n  '.join(missing[:_MAX_LISTED])
@@ -378,13 +262,13 @@ class Mpii(build_units.BeamAware, tfds.core.GeneratorBasedBuilder):
 class ImageShard:
   """One unit of work: the persons of consecutive images of one split."""
   images_dir: pathlib.Path
-  persons: tuple[Person, ...]
+  persons: tuple[mpii_annotations.Person, ...]
   pseudo: dict[str, np.ndarray]  # The pseudo-3D entries of these persons.
   splits: tuple[str, ...]
 
 
-def split_holdout(train: list[Person], every: int
-                  ) -> tuple[list[Person], list[Person]]:
+def split_holdout(train: list[mpii_annotations.Person], every: int
+                  ) -> tuple[list[mpii_annotations.Person], list[mpii_annotations.Person]]:
   """(train, holdout): the persons of every `every`-th image are held out."""
   order = list(dict.fromkeys(p.image for p in train))
   if len(order) < 2:
@@ -396,7 +280,7 @@ def split_holdout(train: list[Person], every: int
           [p for p in train if p.image in held])
 
 
-def shards(images_dir: pathlib.Path, persons: list[Person],
+def shards(images_dir: pathlib.Path, persons: list[mpii_annotations.Person],
            pseudo: dict[str, np.ndarray], split: str) -> list[ImageShard]:
   """Units of `_IMAGES_PER_UNIT` images (persons of an image stay together)."""
   by_image = collections.defaultdict(list)
@@ -407,7 +291,7 @@ def shards(images_dir: pathlib.Path, persons: list[Person],
   for start in range(0, len(images), _IMAGES_PER_UNIT):
     group = [p for name in images[start:start + _IMAGES_PER_UNIT]
              for p in by_image[name]]
-    keys = [f'{p.image}#{p.person}' for p in group]
+    keys = [example_format.person_key(p.image, p.person) for p in group]
     units.append(ImageShard(images_dir, tuple(group),
                             {k: pseudo[k] for k in keys if k in pseudo},
                             (split,)))
@@ -437,7 +321,7 @@ def process_shard(cfg: MpiiConfig, unit: ImageShard) -> Iterator[tuple]:
         image = None
     if image is None:
       continue
-    key = f'{person.image}#{person.person}'
+    key = example_format.person_key(person.image, person.person)
     joints_3d = unit.pseudo.get(key)
     try:
       _check_joints(person, image.shape)
@@ -476,7 +360,7 @@ def _read_pseudo_3d(path: pathlib.Path) -> dict[str, np.ndarray]:
   return out
 
 
-def _check_joints(person: Person, image_shape: tuple[int, ...]) -> None:
+def _check_joints(person: mpii_annotations.Person, image_shape: tuple[int, ...]) -> None:
   """Raises InvalidExample for NaN or far-off-image annotations."""
   h, w = image_shape[:2]
   joints = person.joints[person.visible]

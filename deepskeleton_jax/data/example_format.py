@@ -19,6 +19,18 @@ Fields:
   head_size: PCKh normaliser (0.6 x head box diagonal) in crop pixels, 0 if
     unknown.
   subject, action, camera, image_name: text ids; frame: int.
+
+Identity: each example is named by a key made of its id fields, stable across
+builds and unlike its position in a split (TFDS stores a split in an order
+shuffled by key hash). MPII: image_name and frame, the person index
+(`person_key`: '<image name>#<person>'); Human3.6M: subject, action (the CDF
+stem, with its take), camera and frame (the pose/video frame index);
+synthetic: image_name; bvh_mocap: image_name, camera and frame. Detection
+files are joined to examples through these keys
+(`deepskeleton_jax/evaluation/detections.py`). Builders whose annotation files
+list persons in an order of their own (MPII's validation split: the official
+evaluation's order) record it in the dataset's metadata under `ROW_ORDER`:
+{split: [person_key, ...]}.
 """
 
 from __future__ import annotations
@@ -34,6 +46,23 @@ from deepskeleton_jax.data import image_ops
 from deepskeleton_jax.geometry import skeleton
 
 K = skeleton.NUM_JOINTS
+# Dataset metadata key: {split: [example keys in the annotation file's order]}.
+ROW_ORDER = 'row_order'
+
+
+def person_key(image_name: str | bytes, person: int) -> str:
+  """The key '<image name>#<person>' of an MPII example (its TFDS key too).
+
+  Args:
+    image_name: the image file name (str or UTF-8 bytes).
+    person: the person index (the stored `frame` field).
+
+  Returns:
+    The key.
+  """
+  if isinstance(image_name, bytes):
+    image_name = image_name.decode('utf-8')
+  return f'{image_name}#{int(person)}'
 
 
 def features() -> tfds.features.FeaturesDict:

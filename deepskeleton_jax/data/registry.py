@@ -39,6 +39,7 @@ import tensorflow_datasets as tfds
 
 from deepskeleton_jax import datasets as datasets_package
 from deepskeleton_jax import errors
+from deepskeleton_jax.data import example_format
 
 # A checkout's datasets/ folder, or the installed package's own (see there).
 DATASETS_DIR = pathlib.Path(os.environ.get('DEEPSKELETON_DATASETS_DIR') or
@@ -369,6 +370,28 @@ def data_source(data_config: Any, split: str, decode_image: bool = True):
     errors.ConfigError: the split does not exist.
   """
   return split_source(get_builder(data_config), split, decode_image)
+
+
+def row_order(data_config: Any, split: str) -> list[str] | None:
+  """The keys of `split`'s persons in its annotation file's order, if recorded.
+
+  Args:
+    data_config: the `config.data` ConfigDict.
+    split: a split name (a TFDS slice names its whole split).
+
+  Returns:
+    The example keys the builder recorded (`example_format.ROW_ORDER`), or
+    None when it recorded none for this split.
+
+  Raises:
+    DatasetNotBuiltError: the dataset is not built.
+  """
+  builder = get_builder(data_config)
+  if not builder.is_prepared():
+    raise _not_built_error(builder)
+  orders = (builder.info.metadata or {}).get(example_format.ROW_ORDER) or {}
+  order = orders.get(split.split('[')[0])
+  return None if order is None else [str(k) for k in order]
 
 
 def split_source(builder: tfds.core.DatasetBuilder, split: str,

@@ -1,23 +1,44 @@
-"""Published 2D detections and annotation files, read into [N, K, 2] joints.
+"""Published 2D detection files, read and joined to the examples they detect.
 
 The evaluator matches hypotheses against detections from a file
-(`config.eval.detections=<path>`); the formats of the common MPII releases
-(bearpaw/pytorch-pose and HRNet `.mat`, Newell's and Tompson's `.h5`, the
-hourglass `valid.h5`, JSON) are recognised by their field names.
+(`config.eval.detections=<path>`, `open_detections`). Two kinds:
+
+- Rows without names (`load_detections`): the formats of the common MPII
+  releases (bearpaw/pytorch-pose and HRNet `.mat`, Newell's and Tompson's
+  `.h5`, the hourglass `valid.h5`, `.npz`/`.npy`, JSON), recognised by their
+  field names. Row i is the i-th person of the order the dataset recorded
+  for the split (`example_format.ROW_ORDER`; MPII validation: the 2958
+  persons in the official evaluation's order), joined by the examples' key
+  '<image name>#<person>' (`RowsInOrder`), never by their position in the
+  split. A file with fewer or more rows than that order is refused.
+- VideoPose3D's Human3.6M files (`videopose3d.py`): named by subject,
+  action, camera and frame.
+
+Pixel conventions (`eval.detections_convention`, `CONVENTIONS`): 'auto' reads
+the MPII formats as 'one_based' (MATLAB/Torch: pixel k's centre at k), what
+the official MPII evaluation does with them (it compares them unchanged with
+its 1-based ground truth `pos_gt_src`), and VideoPose3D's as 'continuous'
+(this project's: pixel k spans [k, k + 1); the labels' camera projection).
+'zero_based' (pixel k's centre at k, 0-based) adds 0.5.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 import h5py
 import numpy as np
 import scipy.io
 
 from deepskeleton_jax import errors
+from deepskeleton_jax.data import example_format
+from deepskeleton_jax.evaluation import videopose3d
 from deepskeleton_jax.geometry import skeleton
+
+# Pixels added to a file's coordinates to reach the continuous convention.
+CONVENTIONS: dict[str, float] = {'one_based': -0.5, 'zero_based': 0.5, 'continuous': 0.0}
 
 
 _COORD_FIELDS = ('preds', 'part', 'pos_pred_src', 'joints')
@@ -158,3 +179,96 @@ def _scores(path: str, fields: dict[str, Any], coord_name: str, n: int, k: int,
     raise errors.InputError(f'{path}: field {score_name!r} has shape {scores.shape}; '
                             f'expected [{n}, {k}] to match {coord_name!r}')
   return scores.astype(np.float32)
+
+
+class RowsInOrder:
+  """A file of unnamed rows: row i is person i of a recorded order of keys."""
+
+  def __init__(self, path: str, joints: np.ndarray, scores: np.ndarray | None,
+               order: list[str], offset: float):
+    """Joins the rows to the order's keys.
+
+    Args:
+      path: the file (for messages).
+      joints: [N, 16, 2] as stored; scores: [N, 16] or None.
+      order: the N example keys ('<image name>#<person>') the rows follow.
+      offset: pixels added to every coordinate (the pixel convention).
+
+    Raises:
+      errors.InputError: N differs from the order's length; the message
+        names the first key without a row, or the first surplus row.
+    """
+    n, m = len(joints), len(order)
+    if n < m:
+      raise errors.InputError(
+          f'{path}: {n} rows for the {m} persons of the order they follow; no row '
+          f'for {order[n]} (the first key without one) and after it')
+    if n > m:
+      raise errors.InputError(
+          f'{path}: {n} rows for the {m} persons of the order they follow; rows '
+          f'{m} to {n - 1} are surplus (no person)')
+    self.path = path
+    self.has_scores = scores is not None
+    self._joints = joints.astype(np.float32) + np.float32(offset)
+    self._scores = scores
+    self._row = {key: i for i, key in enumerate(order)}
+
+  def lookup(self, ids: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The detections of examples named by their ids.
+
+    Args:
+      ids: `image_name` (str [b]) and `frame` (int [b], the person index).
+
+    Returns:
+      (joints [b, 16, 2] float32 image pixels, continuous convention;
+      scores [b, 16] or None).
+
+    Raises:
+      errors.InputError: naming the first example whose key the order lacks.
+    """
+    keys = [example_format.person_key(n, f) for n, f in zip(ids['image_name'], ids['frame'])]
+    missing = next((k for k in keys if k not in self._row), None)
+    if missing is not None:
+      raise errors.InputError(
+          f'{self.path}: example {missing} is not among the persons whose order '
+          'the rows follow (a split built from other annotation files?)')
+    rows = np.array([self._row[k] for k in keys], np.int64)
+    return self._joints[rows], None if self._scores is None else self._scores[rows]
+
+
+def open_detections(path: str | os.PathLike, convention: str,
+                    row_order: Callable[[], list[str] | None]
+                    ) -> RowsInOrder | videopose3d.VideoPose3DFile:
+  """Reads a detection file for joining to examples by key.
+
+  Args:
+    path: the file (module docstring: VideoPose3D `.npz` or an MPII format).
+    convention: 'auto' or a key of `CONVENTIONS`.
+    row_order: called for files of unnamed rows: the example keys of the
+      evaluated split in the order the rows follow, or None if the dataset
+      records none.
+
+  Returns:
+    An object whose `lookup(ids)` gives ([b, 16, 2] continuous image pixels,
+    scores [b, 16] or None) for a batch's id fields.
+
+  Raises:
+    errors.ConfigError: an unknown convention.
+    errors.InputError: an unreadable file, or rows that cannot be joined.
+  """
+  path = os.fspath(path)
+  if convention != 'auto' and convention not in CONVENTIONS:
+    raise errors.ConfigError(f"eval.detections_convention={convention!r}: expected 'auto' "
+                             f'or one of {sorted(CONVENTIONS)}')
+  if os.path.isfile(path) and videopose3d.is_videopose3d(path):
+    return videopose3d.VideoPose3DFile(
+        path, CONVENTIONS['continuous' if convention == 'auto' else convention])
+  joints, scores = load_detections(path, return_scores=True)
+  order = row_order()
+  if order is None:
+    raise errors.InputError(
+        f'{path}: its rows carry no names; they are joined to the persons of a '
+        'recorded order (MPII validation, builder version 1.2.0 or later), and the '
+        'evaluated split records none (Human3.6M: use a VideoPose3D file)')
+  return RowsInOrder(path, joints, scores, order,
+                     CONVENTIONS['one_based' if convention == 'auto' else convention])

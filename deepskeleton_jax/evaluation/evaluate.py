@@ -8,6 +8,12 @@ are scored and added up (`scoring.py`), so memory stays flat however large
 the test set; only `eval.num_figures` examples are kept, for figures. Writes
 `<workdir>/eval/results.json`, `report.md` (`report.py`) and the figures.
 This is the only mode that opens `config.data.eval_split`.
+
+A detections file is joined to the examples by their keys (`detections.py`:
+MPII files through the split's recorded person order, VideoPose3D files by
+subject, action, camera and frame), never by their position in the split.
+Without a trained regressor or direct_rgb stage, the detections of a file
+or of the hourglass are scored alone (the "2D detections" rows).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import numpy as np
 from deepskeleton_jax import errors
 from deepskeleton_jax import files
 from deepskeleton_jax.data import input_pipeline
+from deepskeleton_jax.data import registry
 from deepskeleton_jax.evaluation import detections as detections_lib
 from deepskeleton_jax.inference import pipeline
 from deepskeleton_jax.inference import matching
@@ -36,15 +43,18 @@ from deepskeleton_jax.experiment import metric_writer
 from deepskeleton_jax.experiment import parallel
 from deepskeleton_jax.experiment import stages as stages_lib
 
-_ID_LEN = 48
-_LABELS = ('joints_3d', 'visible', 'index', 'mask', 'has_3d', 'head_size', 'joints_2d',
-           'intrinsics', 'has_intrinsics', 'input_to_image')
+_ID_LEN = 128  # Bytes of an id string gathered across processes.
+_LABELS = ('joints_3d', 'visible', 'index', 'frame', 'mask', 'has_3d', 'head_size',
+           'joints_2d', 'intrinsics', 'has_intrinsics', 'input_to_image')
+POSE_STAGES = ('regressor', 'direct_rgb')
 
 
 def _encode(strings: np.ndarray) -> np.ndarray:
   out = np.zeros((len(strings), _ID_LEN), np.uint8)
   for i, s in enumerate(strings):
-    b = (s.decode() if isinstance(s, bytes) else str(s)).encode()[:_ID_LEN]
+    b = (s.decode() if isinstance(s, bytes) else str(s)).encode()
+    if len(b) > _ID_LEN:
+      raise errors.InputError(f'example id {b.decode()!r} is longer than {_ID_LEN} bytes')
     out[i, :len(b)] = np.frombuffer(b, np.uint8)
   return out
 
@@ -79,24 +89,26 @@ class DetectionSource:
     elif self.name == 'ground_truth':
       self.weights = 'ground-truth visibility'
     else:
-      joints, scores = detections_lib.load_detections(self.name, return_scores=True)
-      self._file = (joints, scores)
-      self.weights = 'the file\'s scores' if scores is not None else 'all ones (the file has no scores)'
+      self._file = detections_lib.open_detections(
+          self.name, config.eval.detections_convention,
+          lambda: registry.row_order(config.data, config.data.eval_split))
+      self.weights = ("the file's scores" if self._file.has_scores
+                      else 'all ones (the file has no scores)')
 
   def __call__(self, data: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """(detections [b, 16, 2] in input pixels of the c = 1 crop, weights [b, 16])."""
+    """(detections [b, 16, 2] in input pixels of the c = 1 crop, weights [b, 16]).
+
+    A file's rows are looked up by the examples' id fields (`image_name`,
+    `frame`; `subject`, `action`, `camera`).
+    """
     if self.name == 'hourglass':
       return data['detections'], np.clip(data['detection_conf'], 0.0, None)
     if self.name == 'ground_truth':
       return data['joints_2d'][:, self._unit], data['visible'].astype(np.float32)
-    joints, scores = self._file
-    idx = data['index']
-    if idx.max() >= len(joints):
-      raise errors.InputError(f'{self.name}: has {len(joints)} detections but the eval '
-                              f'split has example index {idx.max()}')
+    joints, scores = self._file.lookup(data)
     to_input = camera.invert_affine(data['input_to_image'][:, self._unit])
-    dets = camera.apply_affine(joints[idx].astype(np.float32), to_input)
-    weights = np.ones(dets.shape[:2], np.float32) if scores is None else scores[idx]
+    dets = camera.apply_affine(joints, to_input)
+    weights = np.ones(dets.shape[:2], np.float32) if scores is None else scores
     return np.asarray(dets, np.float32), np.clip(weights, 0.0, None)
 
 
@@ -106,7 +118,7 @@ def _batches(config, loaded):
   rep = parallel.replicated(mesh)
   variables = {k: jax.device_put(v['variables'], rep) for k, v in loaded.items()}
   norms = {k: jax.device_put(v['norm'], rep) for k, v in loaded.items()}
-  predict = jax.jit(pipeline.make_predict_fn(config, loaded))
+  predict = jax.jit(pipeline.make_predict_fn(config, loaded)) if loaded else None
   bs = config.eval.batch_size
   bs = -(-bs // mesh.shape[parallel.DATA]) * mesh.shape[parallel.DATA]
   it = input_pipeline.make_iterator(
@@ -114,7 +126,7 @@ def _batches(config, loaded):
       process_index=jax.process_index(), process_count=jax.process_count(),
       drop_remainder=False)
   for i, local in enumerate(it):
-    out = predict(variables, norms, parallel.global_batch(local, mesh))
+    out = predict(variables, norms, parallel.global_batch(local, mesh)) if predict else {}
     if i == 0:  # Every process has compiled `predict` before the first gather.
       parallel.barrier('eval predict compiled')
     data = {k: _to_host(v) for k, v in out.items()}
@@ -124,8 +136,9 @@ def _batches(config, loaded):
     data.update({k: _to_host(v) for k, v in labels.items()})
     image = parallel.global_batch({'image': local['image']}, mesh)['image']
     data['image'] = _to_host(image[:, stages_lib.layout(config).unit])
-    data['action'] = _decode(_to_host(parallel.global_batch(
-        {'a': _encode(local['action'])}, mesh)['a']))
+    for name in input_pipeline.STRING_FIELDS:  # The ids that name each example.
+      data[name] = _decode(_to_host(parallel.global_batch(
+          {'a': _encode(local[name])}, mesh)['a']))
     keep = data['mask'].astype(bool)
     yield i, it.num_batches, {k: v[keep] for k, v in data.items()}
 
@@ -141,12 +154,16 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     The results dict.
   """
   loaded = pipeline.load_stages(config, workdir)
-  if 'regressor' not in loaded and 'direct_rgb' not in loaded:
-    raise errors.CheckpointNotFoundError(
-        f'nothing to evaluate in {workdir}: no regressor or direct_rgb checkpoint '
-        '(train them with --mode=train first)')
   lay = stages_lib.layout(config)
   source = DetectionSource(config, loaded, workdir)
+  if not any(k in loaded for k in POSE_STAGES):
+    if source.name == 'ground_truth':
+      raise errors.CheckpointNotFoundError(
+          f'nothing to evaluate in {workdir}: no regressor or direct_rgb checkpoint '
+          '(train them with --mode=train first, or score 2D detections with '
+          '--config.eval.detections=FILE or a trained hourglass)')
+    logging.warning('eval: no regressor or direct_rgb checkpoint in %s: scoring the 2D '
+                    'detections (%s) alone', workdir, source.name)
   norm = next((loaded[k]['norm'] for k in ('regressor', 'direct_rgb', 'ensemble')
                if k in loaded), None)
   mean_pose = None if norm is None else np.asarray(norm['mean'])

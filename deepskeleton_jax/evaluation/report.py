@@ -4,7 +4,8 @@ Sections, where the results have them: Table 2 (MPJPE of every comparison
 row, 'Mean pose' first so a reader sees what learning bought), PA-MPJPE,
 Table 1 (MPJPE per action), Tables 3 and 4 (ground-truth depth or 2D), each
 hypothesis alone, Table 9 (Base, Ensemble, + Mul-S, + Mul-S + Mul-C), the
-matching's choices, Table 8 (PCKh@0.5 per joint group) and Table 10 (GT Ske).
+matching's choices, Table 8 (PCKh@0.5 per joint group), Table 10 (GT Ske)
+and the 2D detections' pixel error.
 """
 
 from __future__ import annotations
@@ -95,6 +96,9 @@ def markdown(results: dict[str, Any], dataset: str, split: str) -> str:
     lines += [f'{name}: hypothesis chosen {hist} times', '']
   if 'pckh' in results:
     lines += _pckh_sections(results)
+  if 'error_2d_px' in results:
+    lines += ['## 2D error (mean distance to the annotated joints, original-image pixels)',
+              '', tables.comparison_table(results['error_2d_px'], 'Mean 2D error (px)'), '']
   return '\n'.join(lines)
 
 

@@ -14,8 +14,10 @@ From one batch of pipeline outputs (`pipeline.make_predict_fn`) and labels,
   hyp i (c, l)         each hypothesis alone
 
 and `Accumulator` adds up their MPJPE (overall and per action, all frames of
-all takes of an action together), PA-MPJPE, the Table 3/4 errors and PCKh@0.5
-as sums and counts, so memory does not grow with the test set.
+all takes of an action together), PA-MPJPE, the Table 3/4 errors, PCKh@0.5
+and the 2D detections' pixel error (`error_2d_px`: mean distance to the
+annotated joints in original-image pixels) as sums and counts, so memory does
+not grow with the test set.
 
 Tables 3 and 4 (datasets with camera-frame 3D): the predicted root-relative
 pose is placed at the ground-truth root; Table 3 keeps its 2D projection (the
@@ -131,6 +133,14 @@ def place_in_image(pose: np.ndarray, dets: np.ndarray, weights: np.ndarray,
   return np.asarray(camera.project_intrinsics(pose + np.asarray(t)[:, None], intrinsics))
 
 
+def _image_distances(pred: np.ndarray, gt: np.ndarray, visible: np.ndarray,
+                     input_to_image: np.ndarray) -> np.ndarray:
+  """Distances (original-image pixels) of the visible joints: input px [b, 16, 2] in."""
+  pred_image = camera.apply_affine(pred.astype(np.float64), input_to_image.astype(np.float64))
+  gt_image = camera.apply_affine(gt.astype(np.float64), input_to_image.astype(np.float64))
+  return np.linalg.norm(np.asarray(pred_image) - np.asarray(gt_image), axis=-1)[visible]
+
+
 class Accumulator:
   """Sums and counts of every row's scores over the batches seen."""
 
@@ -184,6 +194,10 @@ class Accumulator:
     for name, idx in choice.items():
       hist = np.bincount(idx, minlength=self._lay.num_hyps)
       self._choices[name] = self._choices.get(name, 0) + hist
+    if weights is not None:
+      self._add('error_2d_px', '2D detections', _image_distances(
+          out['detections'], out['joints_2d'][:, unit], out['visible'].astype(bool),
+          out['input_to_image'][:, unit]), None)
     head = out['head_size'][:, unit]
     if weights is not None and (head > 0).any():
       gt2d, vis = out['joints_2d'][:, unit], out['visible']
@@ -217,6 +231,8 @@ class Accumulator:
     for table in ('table3', 'table4'):
       if self._means(table):
         res[f'mpjpe_{table}'] = self._means(table)
+    if self._means('error_2d_px'):
+      res['error_2d_px'] = self._means('error_2d_px')
     res['choice_histogram'] = {k: v.tolist() for k, v in self._choices.items()}
     if self._pckh:
       res['pckh'] = {}

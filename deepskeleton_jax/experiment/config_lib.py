@@ -142,6 +142,10 @@ def _mode_groups() -> dict[str, ml_collections.ConfigDict]:
       'eval': ml_collections.ConfigDict({
           'batch_size': 32,
           'detections': 'hourglass',  # 'hourglass', 'ground_truth' or a file path
+          # A file's pixel convention (docs/evaluation.md, Detection files): 'auto'
+          # (MPII formats 'one_based' as the official evaluation reads them,
+          # VideoPose3D 'continuous'), 'one_based', 'zero_based' or 'continuous'.
+          'detections_convention': 'auto',
           'max_examples': 0,          # 0: the whole split
           'num_figures': 4,
       }),
@@ -298,6 +302,9 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          config.regressor.gt_steps, 'a step count >= 0')
   _check(config.regressor.input_size % 32 == 0, 'regressor.input_size',
          config.regressor.input_size, 'a multiple of 32')
+  _check(config.eval.detections_convention in ('auto', 'one_based', 'zero_based', 'continuous'),
+         'eval.detections_convention', config.eval.detections_convention,
+         "'auto', 'one_based', 'zero_based' or 'continuous'")
   _check(config.hourglass.loss in ('mse', 'integral'), 'hourglass.loss',
          config.hourglass.loss, "'mse' or 'integral'")
   hg_div = 4 * 2 ** config.hourglass.model.depth

@@ -1,0 +1,234 @@
+"""The MPII annotation files read into persons: the common JSON, the official
+.mat, the hourglass valid.h5 and the official evaluation file gt_valid.mat.
+
+Coordinates become continuous pixels (1-based MATLAB - 0.5, see mpii.py); head
+sizes come from the head boxes (module docstring of mpii.py).
+"""
+
+import collections
+import dataclasses
+import json
+import pathlib
+
+import h5py
+import numpy as np
+import scipy.io
+
+from deepskeleton_jax import errors
+from deepskeleton_jax.geometry import skeleton
+
+K = skeleton.NUM_JOINTS
+
+
+@dataclasses.dataclass
+class Person:
+  """One annotated person, continuous pixel coordinates."""
+  image: str
+  person: int
+  center: np.ndarray  # [2] annotated centre (objpos), not shifted.
+  scale: float
+  joints: np.ndarray  # [16, 2]
+  visible: np.ndarray  # [16] bool
+  head_size: float = 0.0
+
+
+def read_json(path: pathlib.Path) -> list[Person]:
+  """Reads a common-format JSON annotation file (1-based coordinates)."""
+  try:
+    entries = json.loads(path.read_text())
+  except (OSError, ValueError) as e:
+    raise errors.InputError(f'{path}: not a readable JSON file ({e})') from e
+  if not isinstance(entries, list):
+    raise errors.InputError(f'{path}: expected a JSON list of persons')
+  counts = collections.Counter()
+  persons = []
+  for k, a in enumerate(entries):
+    need = ('image', 'center', 'scale', 'joints', 'joints_vis')
+    lacking = [f for f in need if not isinstance(a, dict) or f not in a]
+    if lacking:
+      raise errors.InputError(f'{path}: entry {k} lacks {lacking} (expected the keys '
+                       f'{need})')
+    try:
+      joints = np.asarray(a['joints'], np.float64).reshape(K, 2)
+      visible = np.asarray(a['joints_vis'], np.float64).reshape(K) > 0
+      center = np.asarray(a['center'], np.float64).reshape(2)
+      scale = float(a['scale'])
+    except (TypeError, ValueError) as e:
+      raise errors.InputError(f'{path}: entry {k}: expected joints (16, 2), '
+                       f'joints_vis (16,), center (2,), scale ({e})') from e
+    image = str(a['image'])
+    persons.append(Person(image, counts[image], center - 0.5, scale,
+                          joints[skeleton.MPII_TO_SKELETON] - 0.5,
+                          visible[skeleton.MPII_TO_SKELETON]))
+    counts[image] += 1
+  return persons
+
+
+def _empty(x) -> bool:
+  return x is None or (isinstance(x, np.ndarray) and x.size == 0)
+
+
+def person_from_rect(image: str, index: int, rect) -> Person | None:
+  """A Person from a .mat `annorect` entry, or None without annotations."""
+  scale, objpos = getattr(rect, 'scale', None), getattr(rect, 'objpos', None)
+  annopoints = getattr(rect, 'annopoints', None)
+  if _empty(scale) or _empty(objpos) or _empty(annopoints):
+    return None
+  points = getattr(annopoints, 'point', None)
+  if _empty(points):
+    return None
+  joints = np.zeros((K, 2))
+  visible = np.zeros(K, bool)
+  for p in np.atleast_1d(points):
+    j = skeleton.MPII_TO_SKELETON[int(p.id)]
+    joints[j] = (float(p.x) - 0.5, float(p.y) - 0.5)
+    visible[j] = True
+  head_size = 0.0
+  if all(not _empty(getattr(rect, f, None)) for f in ('x1', 'y1', 'x2', 'y2')):
+    head_size = 0.6 * float(np.hypot(float(rect.x2) - float(rect.x1),
+                                     float(rect.y2) - float(rect.y1)))
+  center = np.array([float(objpos.x), float(objpos.y)]) - 0.5
+  return Person(image, index, center, float(scale), joints, visible, head_size)
+
+
+def read_mat(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+  """Reads the official .mat: (annolist [N] of structs, img_train [N])."""
+  try:
+    mat = scipy.io.loadmat(str(path), struct_as_record=False, squeeze_me=True)
+    release = mat['RELEASE']
+    return (np.atleast_1d(release.annolist),
+            np.atleast_1d(np.asarray(release.img_train)).astype(int))
+  except Exception as e:  # pylint: disable=broad-except
+    # scipy raises many kinds of errors on damaged files; name the file.
+    raise errors.InputError(f'{path}: not the MPII annotation .mat (a struct RELEASE '
+                     f'with annolist and img_train) ({type(e).__name__}: {e})'
+                     ) from e
+
+
+def read_valid_h5(path: pathlib.Path) -> dict[str, np.ndarray]:
+  """Reads a hourglass-format valid.h5 (index, person, imgname, part, normalize)."""
+  try:
+    with h5py.File(path, 'r') as f:
+      out = {k: f[k][()] for k in ('index', 'person', 'imgname', 'part',
+                                   'normalize')}
+  except (OSError, KeyError) as e:
+    raise errors.InputError(f'{path}: expected an HDF5 file with index, person, '
+                     f'imgname, part, normalize ({e})') from e
+  out['imgname'] = np.array([n.decode() if isinstance(n, bytes) else str(n)
+                             for n in out['imgname']])
+  return out
+
+
+def mat_persons(annolist: np.ndarray, img_train: np.ndarray,
+                valid: dict[str, np.ndarray], mat_path: pathlib.Path,
+                valid_path: pathlib.Path) -> tuple[list[Person], list[Person]]:
+  """(train, validation) persons of the .mat route."""
+  valid_pairs = [(int(i), int(p)) for i, p in zip(valid['index'],
+                                                  valid['person'])]
+  validation = []
+  for i, p in valid_pairs:
+    rects = np.atleast_1d(annolist[i].annorect) if i < len(annolist) else []
+    person = (person_from_rect(annolist[i].image.name, p, rects[p])
+              if p < len(rects) else None)
+    if person is None:
+      raise errors.InputError(f'{valid_path}: image {i} person {p} has no annotated '
+                       f'person in {mat_path} (mismatched files?)')
+    validation.append(person)
+  held_out = set(valid_pairs)
+  train = []
+  for i in np.flatnonzero(img_train == 1):
+    rects = annolist[i].annorect
+    if _empty(rects):
+      continue
+    for p, rect in enumerate(np.atleast_1d(rects)):
+      if (i, p) not in held_out:
+        person = person_from_rect(annolist[i].image.name, p, rect)
+        if person is not None:
+          train.append(person)
+  return train, validation
+
+
+def _median_distance(joints: np.ndarray, visible: np.ndarray, other: np.ndarray,
+                     other_visible: np.ndarray) -> float:
+  """Median over the joints annotated in both of the larger |dx|, |dy| (inf if none)."""
+  both = visible & other_visible
+  if not both.any():
+    return np.inf
+  return float(np.median(np.abs(other[both] - joints[both]).max(axis=-1)))
+
+
+def attach_head_sizes(persons: list[Person], valid: dict[str, np.ndarray]
+                      ) -> int:
+  """Sets head sizes from valid.h5 `normalize`; returns how many matched.
+
+  A JSON person matches the valid.h5 entry of the same image whose joints
+  agree best, within 2 px (valid.h5 rounds them) in the median over the
+  joints annotated in both (a median: the official ground truth holds a
+  zero coordinate for 10 validation persons where valid.h5 has a value).
+  """
+  by_image = collections.defaultdict(list)
+  for k, name in enumerate(valid['imgname']):
+    by_image[name].append(k)
+  matched = 0
+  for person in persons:
+    best, best_err = None, 2.0
+    for k in by_image.get(person.image, ()):
+      err = _median_distance(person.joints, person.visible, valid['part'][k] - 0.5,
+                             np.any(valid['part'][k] > 0, axis=-1))
+      if err < best_err:
+        best, best_err = k, err
+    if best is not None:
+      person.head_size = float(valid['normalize'][best])
+      matched += 1
+  return matched
+
+
+def read_gt_valid(path: pathlib.Path) -> dict[str, np.ndarray]:
+  """Reads the official evaluation file (`gt_valid.mat`).
+
+  Returns:
+    {'joints': [N, 16, 2] continuous pixels (`pos_gt_src` - 0.5), 'visible':
+    [N, 16] (`jnt_missing` == 0), 'head_size': [N] 0.6 x the diagonal of
+    `headboxes_src`}.
+  """
+  try:
+    mat = scipy.io.loadmat(str(path))
+    pos = np.asarray(mat['pos_gt_src'], np.float64).transpose(2, 0, 1)
+    missing = np.asarray(mat['jnt_missing']).T
+    boxes = np.asarray(mat['headboxes_src'], np.float64)
+    head = 0.6 * np.linalg.norm(boxes[1] - boxes[0], axis=0)
+  except Exception as e:  # pylint: disable=broad-except
+    # scipy raises many kinds of errors on damaged files; name the file.
+    raise errors.InputError(f'{path}: not the MPII evaluation .mat (pos_gt_src '
+                            f'[16, 2, N], jnt_missing, headboxes_src [2, 2, N]) '
+                            f'({type(e).__name__}: {e})') from e
+  if pos.shape[1:] != (K, 2) or missing.shape != pos.shape[:2] or head.shape != pos.shape[:1]:
+    raise errors.InputError(f'{path}: pos_gt_src {pos.shape[::-1]}, jnt_missing '
+                            f'{missing.shape[::-1]}, headboxes_src {boxes.shape} '
+                            'do not describe the same persons')
+  return {'joints': pos[:, skeleton.MPII_TO_SKELETON] - 0.5,
+          'visible': (missing == 0)[:, skeleton.MPII_TO_SKELETON], 'head_size': head}
+
+
+def attach_official_head_sizes(persons: list[Person], gt: dict[str, np.ndarray],
+                               gt_path: pathlib.Path, persons_path: pathlib.Path) -> None:
+  """Sets person i's head size from column i of the official evaluation file.
+
+  Raises:
+    errors.InputError: the files do not list the same persons in one order
+      (a different count, or a person whose joints are not within 2 px of
+      the file's in the median over the joints annotated in both).
+  """
+  if len(persons) != len(gt['head_size']):
+    raise errors.InputError(
+        f'{gt_path}: {len(gt["head_size"])} persons but {persons_path} lists '
+        f'{len(persons)}; expected the same persons in the same order (the '
+        'official evaluation order), or remove it to match valid.h5 instead')
+  for i, person in enumerate(persons):
+    if not _median_distance(person.joints, person.visible, gt['joints'][i],
+                            gt['visible'][i]) < 2.0:
+      raise errors.InputError(
+          f'{gt_path}: person {i} ({person.image}) is not person {i} of '
+          f'{persons_path} (joints more than 2 px apart); expected the same '
+          'persons in the same order')
+    person.head_size = float(gt['head_size'][i])
