@@ -149,11 +149,13 @@ def test_mean_loss_weighs_each_head_by_one_over_its_pixels():
   ours = jax.grad(lambda l: skeleton_net.skeleton_map_loss(l, targets, 'mean'))(logits)
   caffe = jax.grad(lambda l: caffe_loss('skeleton_net', l, targets))(logits)
   for o, c, want in zip(ours, caffe, (4_704, 18_816, 75_264, 75_264)):
-    np.testing.assert_allclose(np.asarray(c) / np.asarray(o), want, rtol=1e-3)
+    o, c = np.asarray(o, np.float64), np.asarray(c, np.float64)
+    np.testing.assert_allclose(np.sum(c * o) / np.sum(o * o), want, rtol=1e-5)
+    np.testing.assert_allclose(c, want * o, rtol=0, atol=1e-5 * np.abs(c).max())
   # The 'caffe' loss is Caffe's.
   same = jax.grad(lambda l: skeleton_net.skeleton_map_loss(l, targets, 'caffe'))(logits)
   for o, c in zip(same, caffe):
-    np.testing.assert_allclose(o, c, rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(o, c, rtol=0, atol=1e-5 * np.abs(c).max())
 
 
 def test_distance_loss_has_no_constant_rate():
