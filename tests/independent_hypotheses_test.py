@@ -154,6 +154,19 @@ def test_each_member_reads_its_own_stream_and_learns_its_column(tiny_data_dir):
   np.testing.assert_allclose(targets['pose'], want, rtol=1e-5, atol=1e-5)
 
 
+def test_ensemble_streams_resume_where_each_member_stopped(tiny_data_dir):
+  config = _config(tiny_data_dir)
+  it = train_loop.train_iterator(config, 'ensemble', (0, 1))
+  for _ in range(3):  # past the first epoch of the 16-example split
+    next(it)
+  state = json.loads(json.dumps(it.get_state()))
+  want = [next(it) for _ in range(2)]
+  resumed = train_loop.train_iterator(config, 'ensemble', (0, 1))
+  resumed.set_state(state)
+  for batch in want:
+    np.testing.assert_array_equal(next(resumed)['index'], batch['index'])
+
+
 def test_each_hypothesis_decays_on_its_own_validation_loss(tiny_data_dir, tmp_path, monkeypatch):
   """Hypothesis 0 keeps improving, hypothesis 1 is flat: only 1 decays, every `patience` evals."""
   config = tiny.get_config()
