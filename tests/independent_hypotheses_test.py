@@ -12,7 +12,6 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from safetensors.numpy import save_file
 
 from configs import tiny
