@@ -12,5 +12,5 @@ from deepskeleton_jax.configs import mpii_common
 def get_config(arg=None):
   del arg
   c = mpii_common.get_base()
-  c.stages = 'skeleton_net,regressor,direct_rgb'
+  c.stages = 'skeleton_net,regressor,direct_rgb,ensemble'
   return c

@@ -144,6 +144,28 @@ def test_two_processes_train_like_one(tmp_path):
   _assert_same_updates(saved, expected, initial, 'regressor params')
 
 
+def test_hypothesis_axis_spanning_both_processes_trains_like_one(tmp_path):
+  """hyp_axis=2 over 2 processes x 1 device: each process holds one hypothesis.
+
+  The data axis has one row, held by both processes, so both must feed the
+  whole global batch (replicas get identical data); each process feeding its
+  own half trained each hypothesis on its host's half batch.
+  """
+  port = _free_port()
+  cmds = [[sys.executable, str(WORKER), '--stage=regressor', f'--num_steps={NUM_STEPS}',
+           f'--port={port}', '--num_processes=2', f'--process_id={i}', f'--out={tmp_path}',
+           '--hyp_axis=2'] for i in range(2)]
+  _run_all(cmds, [tmp_path / f'worker{i}.log' for i in range(2)], local_devices=1)
+  saved = dict(np.load(tmp_path / 'params.npz'))
+  losses = saved.pop('losses')
+  config = multihost_worker.sgd(multihost_worker.tiny_config(), 'regressor')
+  mesh = parallel.make_mesh(1, devices=jax.devices()[:1])  # the whole batch on one device
+  initial, expected, expected_losses = multihost_worker.run_steps(
+      config, 'regressor', mesh, NUM_STEPS)
+  np.testing.assert_allclose(losses, expected_losses, rtol=1e-5)
+  _assert_same_updates(saved, expected, initial, 'regressor params (hyp axis over processes)')
+
+
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
   """The tiny synthetic set with exactly one global batch (8) of train examples.

@@ -3,7 +3,7 @@ r"""One JAX process of a multi-process CPU run, launched by multihost_test.py.
 Each process joins a `jax.distributed` cluster over gloo on 127.0.0.1, sees
 every process's fake CPU devices in one global mesh, and trains a tiny stage
 for a few steps on fixed synthetic global batches (each process feeding its
-share of the rows); process 0 writes the gathered final parameters and the
+share of the rows: its `parallel.data_shard`); process 0 writes the gathered final parameters and the
 losses to <out>/params.npz. `run_steps` is also the single-process reference.
 
   XLA_FLAGS=--xla_force_host_platform_device_count=2 JAX_PLATFORMS=cpu \
@@ -83,14 +83,15 @@ def run_steps(config: ml_collections.ConfigDict, stage_name: str, mesh: jax.shar
   stage = stages_lib.build(config, stage_name)
   tcfg = config[stage_name].train
   tx = train_step.make_optimizer(tcfg)
-  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(tcfg.seed))
+  init_rng, state_rng = train_step.stage_keys(stage_name, tcfg.seed)
   norm = {'mean': np.zeros((16, 3), np.float32), 'std': np.float32(300.0)}
   variables = train_step.init_variables(stage, init_rng)
   abstract = jax.eval_shape(lambda v, r: train_step.create_state(v, tx, norm, r),
                             variables, state_rng)
   sharding = parallel.state_sharding(mesh, abstract)
   local = parallel.local_batch_size(GLOBAL_BATCH, mesh)
-  rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+  shard = parallel.data_shard(mesh)[0]  # processes sharing data rows feed the same rows
+  rows = slice(shard * local, (shard + 1) * local)
   batches = [parallel.global_batch(
       {k: v[rows] for k, v in train_benchmark.synthetic_batch(
           config, GLOBAL_BATCH, seed=BATCH_SEED + i).items()}, mesh)
@@ -129,6 +130,8 @@ def main() -> None:
   parser.add_argument('--out', required=True, help='output directory')
   parser.add_argument('--stage', default='regressor')
   parser.add_argument('--num_steps', type=int, default=3)
+  parser.add_argument('--hyp_axis', type=int, default=1,
+                      help='config.parallel.hyp_axis (devices along the hypothesis axis)')
   parser.add_argument('--compile_delay_s', type=float, default=0.0,
                       help='process 1 sleeps this long before compiling')
   args = parser.parse_args()
@@ -137,6 +140,7 @@ def main() -> None:
                              num_processes=args.num_processes,
                              process_id=args.process_id, initialization_timeout=60)
   config = sgd(tiny_config(), args.stage)
+  config.parallel.hyp_axis = args.hyp_axis
   mesh = parallel.make_mesh(config.parallel.hyp_axis)
   if jax.process_index() == 1:
     time.sleep(args.compile_delay_s)

@@ -30,7 +30,7 @@ CONFIGS = (
     ('h36m_direct_rgb', None), ('h36m_ensemble', None), ('h36m_lifting', None),
     ('h36m_deepskeleton', None),
     ('mpii_skeleton_net', None), ('mpii_regressor', 'gt'), ('mpii_regressor', 'predicted'),
-    ('mpii_hourglass', None), ('mpii_deepskeleton', None),
+    ('mpii_ensemble', None), ('mpii_hourglass', None), ('mpii_deepskeleton', None),
 )
 _NORM = {'mean': np.zeros((16, 3), np.float32), 'std': np.ones((), np.float32)}
 _KEY = jax.ShapeDtypeStruct((2,), jnp.uint32)
@@ -48,8 +48,8 @@ def _config(name, arg):
   return config
 
 
-def _abstract_batch(config, batch_size):
-  one = train_benchmark.synthetic_batch(config, 1)
+def _abstract_batch(config, batch_size, streams=0):
+  one = stages_lib.tile_streams(train_benchmark.synthetic_batch(config, 1), streams)
   return {k: jax.ShapeDtypeStruct((batch_size,) + v.shape[1:], v.dtype) for k, v in one.items()}
 
 
@@ -75,8 +75,9 @@ def _trace_train_step(config, stage_name):
       lambda v: train_step.create_state(v, tx, _NORM, jax.random.PRNGKey(0)),
       _variables(stage))
   aux = _variables(stages_lib.build(config, stage.needs)) if stage.needs else None
-  new_state, metrics = jax.eval_shape(train_step.make_train_step(stage, tcfg), state,
-                                      _abstract_batch(config, tcfg.batch_size), aux)
+  new_state, metrics = jax.eval_shape(
+      train_step.make_train_step(stage, tcfg), state,
+      _abstract_batch(config, tcfg.batch_size, stage.data_streams), aux)
   assert jax.tree.structure(new_state) == jax.tree.structure(state), stage_name
   assert metrics['loss'].shape == (), stage_name
   assert jax.tree.leaves(state.params)[0].shape[0] == stage.num_hyps, stage_name
@@ -113,6 +114,9 @@ def test_train_and_eval_steps_trace_at_full_size(name, arg):
     assert (h, lay.map_size) == (11, 56) and np.all(lay.widths == np.arange(5, 16))
   if name.startswith('mpii') and name != 'mpii_hourglass':
     assert h == 18 and sorted(set(config.data.crop_scales)) == [1.0, 1.25, 1.5]
+    assert config.ensemble.num_runs == 18  # Table 9
+  if name.startswith('h36m'):
+    assert config.ensemble.num_runs == 11  # Table 6
 
 
 PAPER_DECONV_DECAY = 1e-5 * 2e-4     # the paper's rate x weight decay per step

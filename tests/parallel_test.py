@@ -46,10 +46,57 @@ def test_only_stacked_variables_shard_whatever_the_shapes(optimizer):
   assert specs.norm['mean'] == P() and specs.params['bias'] == P('hyp')
 
 
-def test_hyp_axis_not_dividing_hypotheses_replicates():
+def test_hyp_axis_not_dividing_hypotheses_is_a_config_error():
+  """Not silently replicated: 3 hypotheses cannot be split over 2 devices."""
   mesh = parallel.make_mesh(hyp_axis=2)
-  specs = _specs(parallel.state_sharding(mesh, _state(3, 'sgd')))
-  assert specs.params['bias'] == P()
+  with pytest.raises(errors.ConfigError, match='hyp_axis=2 must divide the 3'):
+    parallel.state_sharding(mesh, _state(3, 'sgd'))
+  with pytest.raises(errors.ConfigError, match='hyp_axis=2 must divide the 3 hypotheses of '
+                     'stage regressor'):
+    parallel.stage_mesh(2, 3, 'regressor')
+  # One hypothesis has nothing to split: every device goes to the data axis.
+  assert dict(parallel.stage_mesh(2, 1, 'direct_rgb').shape) == {'data': 8, 'hyp': 1}
+  assert dict(parallel.stage_mesh(2, 4, 'regressor').shape) == {'data': 4, 'hyp': 2}
+
+
+def _brute_force_shards(grid):
+  """Per process, the data-axis rows it touches; processes touching a row must touch the same rows."""
+  rows = {p: tuple(sorted({i for i in range(grid.shape[0]) if p in grid[i]}))
+          for p in np.unique(grid)}
+  groups = sorted(set(rows.values()))
+  for r in groups:
+    owners = {p for p, q in rows.items() if q == r}
+    if any(set(grid[i]) - owners for i in r):
+      return None
+  flat = [i for r in groups for i in r]
+  if sorted(flat) != list(range(grid.shape[0])) or len({len(r) for r in groups}) != 1:
+    return None
+  return {p: (groups.index(r), len(groups)) for p, r in rows.items()}
+
+
+@pytest.mark.parametrize('processes,local,hyp_axis', [
+    (2, 2, 1), (2, 2, 2), (2, 2, 4), (2, 1, 2), (4, 2, 4), (4, 2, 8), (3, 2, 6),
+    (2, 3, 2), (3, 4, 6), (2, 4, 8), (4, 1, 2)])
+def test_shards_follow_host_boundaries(processes, local, hyp_axis):
+  """Processes sharing data-axis rows share an input shard; a row split unevenly is refused."""
+  grid = np.repeat(np.arange(processes), local).reshape(-1, hyp_axis)
+  want = _brute_force_shards(grid)
+  if want is None:
+    with pytest.raises(errors.ConfigError, match='does not follow host boundaries'):
+      parallel.shard_of_processes(grid, hyp_axis)
+    return
+  got = parallel.shard_of_processes(grid, hyp_axis)
+  assert {p: tuple(int(v) for v in got[p]) for p in range(processes)} == want
+  # Every shard feeds distinct rows: shards x rows per shard = the data axis.
+  assert got[0, 1] * (grid.shape[0] // got[0, 1]) == grid.shape[0]
+
+
+def test_hypothesis_axis_spanning_processes_shares_the_shard():
+  # 2 processes x 1 device, hyp_axis 2: both hold the only data row, both feed the whole batch.
+  assert parallel.shard_of_processes(np.array([[0, 1]]), 2).tolist() == [[0, 1], [0, 1]]
+  # 2 processes x 3 devices, hyp_axis 2: row 1 holds devices of both processes.
+  with pytest.raises(errors.ConfigError, match='hyp_axis=2 does not follow host boundaries'):
+    parallel.shard_of_processes(np.array([[0, 0], [0, 1], [1, 1]]), 2)
 
 
 def test_bad_mesh_is_a_config_error():

@@ -270,5 +270,5 @@ def test_plateau_schedule_decays_after_patience(trained, tmp_path, monkeypatch):
   batch = next(plateau._batches())  # pylint: disable=protected-access
   for want in (1.0, tcfg.decay_factor, tcfg.decay_factor ** 2):
     state = plateau(state, batch, None, 0)
-    np.testing.assert_allclose(float(state.lr_scale), want, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(state.lr_scale), [want], rtol=1e-6)
   writer.close()

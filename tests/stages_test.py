@@ -70,12 +70,12 @@ def test_rendered_map_steps_read_gt_split(monkeypatch):
                       lambda data, split, *a, **k: split)
   monkeypatch.setattr(input_pipeline, 'ChainedIterator', lambda *parts: parts)
   predicted = _config(input='predicted', gt_steps=7, gt_split='poses')
-  assert train_loop.train_iterator(predicted, 'regressor') == ('poses', 7, 'train')
-  assert train_loop.train_iterator(predicted, 'skeleton_net') == 'train'
-  assert train_loop.train_iterator(_config(input='gt', gt_split='poses'), 'regressor') == 'poses'
+  assert train_loop.train_iterator(predicted, 'regressor', (0, 1)) == ('poses', 7, 'train')
+  assert train_loop.train_iterator(predicted, 'skeleton_net', (0, 1)) == 'train'
+  assert train_loop.train_iterator(_config(input='gt', gt_split='poses'), 'regressor', (0, 1)) == 'poses'
   assert train_loop.train_iterator(_config(input='predicted', gt_steps=0, gt_split='poses'),
-                                   'regressor') == 'train'
-  assert train_loop.train_iterator(_config(input='gt'), 'regressor') == 'train'
+                                   'regressor', (0, 1)) == 'train'
+  assert train_loop.train_iterator(_config(input='gt'), 'regressor', (0, 1)) == 'train'
 
 
 def test_integral_hourglass_targets_and_decoding_round_trip():

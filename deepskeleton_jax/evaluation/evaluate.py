@@ -121,10 +121,10 @@ def _batches(config, loaded):
   predict = jax.jit(pipeline.make_predict_fn(config, loaded)) if loaded else None
   bs = config.eval.batch_size
   bs = -(-bs // mesh.shape[parallel.DATA]) * mesh.shape[parallel.DATA]
+  shard, num_shards = parallel.data_shard(mesh)
   it = input_pipeline.make_iterator(
       config.data, config.data.eval_split, bs, shuffle=False, num_epochs=1, seed=0,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      drop_remainder=False)
+      process_index=shard, process_count=num_shards, drop_remainder=False)
   for i, local in enumerate(it):
     out = predict(variables, norms, parallel.global_batch(local, mesh)) if predict else {}
     if i == 0:  # Every process has compiled `predict` before the first gather.

@@ -1,9 +1,13 @@
 """Devices, meshes and shardings: one global mesh over all processes' devices.
 
-The mesh has two axes: `data` (the batch) and `hyp` (stacked hypotheses, when
-`config.parallel.hyp_axis` divides their number). Each process loads its own
-shard of every global batch; `global_batch` assembles the global array with
-`jax.make_array_from_process_local_data`.
+The mesh has two axes: `data` (the batch) and `hyp` (stacked hypotheses;
+`config.parallel.hyp_axis` must divide their number). The data axis follows
+host boundaries: each process holds whole rows of the mesh, and processes whose
+devices share a row of the data axis (the hypothesis axis spans them) load the
+same shard of every global batch (`data_shard`), as
+`jax.make_array_from_process_local_data` requires of replicas; `global_batch`
+assembles the global array. Layouts where a process holds part of another
+process's rows are refused.
 """
 
 from __future__ import annotations
@@ -157,13 +161,88 @@ def make_mesh(hyp_axis: int = 1, devices=None) -> Mesh:
 
   Returns:
     The mesh.
+
+  Raises:
+    errors.ConfigError: `hyp_axis` does not divide the device count, or the
+      mesh's rows do not follow host boundaries (see `data_shard`).
   """
   devices = list(jax.devices() if devices is None else devices)
   if hyp_axis < 1 or len(devices) % hyp_axis:
     raise errors.ConfigError(f'config.parallel.hyp_axis={hyp_axis} must divide the '
                      f'device count {len(devices)}')
   grid = np.array(devices).reshape(len(devices) // hyp_axis, hyp_axis)
+  shard_of_processes(np.vectorize(lambda d: d.process_index)(grid), hyp_axis)
   return Mesh(grid, (DATA, HYP))
+
+
+def stage_mesh(hyp_axis: int, num_hyps: int, stage_name: str, devices=None) -> Mesh:
+  """The mesh a stage trains on.
+
+  Args:
+    hyp_axis: `config.parallel.hyp_axis`.
+    num_hyps: the stage's stacked hypotheses.
+    stage_name: for errors.
+    devices: optional device list (default: all global devices).
+
+  Returns:
+    `make_mesh(hyp_axis)`; a single-hypothesis stage (nothing to split) puts
+    every device on the data axis instead.
+
+  Raises:
+    errors.ConfigError: `hyp_axis` does not divide the stage's hypotheses.
+  """
+  if num_hyps == 1:
+    return make_mesh(1, devices)
+  if num_hyps % hyp_axis:
+    raise errors.ConfigError(
+        f'config.parallel.hyp_axis={hyp_axis} must divide the {num_hyps} hypotheses '
+        f'of stage {stage_name} (a divisor of {num_hyps}, or 1)')
+  return make_mesh(hyp_axis, devices)
+
+
+def shard_of_processes(process_grid: np.ndarray, hyp_axis: int) -> np.ndarray:
+  """Which input shard each process loads, from the process of every mesh device.
+
+  Args:
+    process_grid: [data, hyp] the process index of each device of the mesh.
+    hyp_axis: for errors.
+
+  Returns:
+    [P] for each process p, (its shard, the number of shards): process p holds
+    rows [shard k, (shard + 1) k) of the data axis, k rows per process group;
+    processes holding the same rows (the hypothesis axis spans them) share a
+    shard and must feed identical data.
+
+  Raises:
+    errors.ConfigError: some process holds part of another process's rows
+      (their devices neither share nor split the data axis cleanly).
+  """
+  num = int(process_grid.max()) + 1
+  rows = [np.flatnonzero((process_grid == p).any(axis=1)) for p in range(num)]
+  k = len(rows[0])
+  out = np.zeros((num, 2), np.int64)
+  for p, r in enumerate(rows):
+    clean = len(r) == k and r[0] % k == 0 and np.array_equal(r, np.arange(r[0], r[0] + k))
+    owners = np.unique(process_grid[r])
+    if not clean or any(not np.array_equal(rows[q], r) for q in owners):
+      raise errors.ConfigError(
+          f'config.parallel.hyp_axis={hyp_axis} does not follow host boundaries: process '
+          f'{p} holds part of the mesh rows {r.tolist()} of processes {owners.tolist()}; '
+          'use a hyp_axis that divides the devices per process, or a multiple of them')
+    out[p] = (r[0] // k, process_grid.shape[0] // k)
+  return out
+
+
+def data_shard(mesh: Mesh) -> tuple[int, int]:
+  """(shard, number of shards) of the input this process loads for `mesh`.
+
+  Use them as the input pipeline's process index and count: with the
+  hypothesis axis inside each process they are the process index and count;
+  processes that share rows of the data axis share a shard.
+  """
+  grid = np.vectorize(lambda d: d.process_index)(mesh.devices)
+  shard, count = shard_of_processes(grid, mesh.shape[HYP])[jax.process_index()]
+  return int(shard), int(count)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -191,8 +270,8 @@ def state_sharding(mesh: Mesh, state: Any) -> Any:
 
   The stacked variables (`params`, `batch_stats`) and the optimizer state's
   leaves that mirror a parameter (momentum, Adam moments: same path suffix and
-  shape) carry the hypothesis axis and are split over `hyp` when its size
-  divides the number of hypotheses; everything else (the step, the rng key,
+  shape) carry the hypothesis axis and are split over `hyp` (whose size must
+  divide the number of hypotheses); everything else (the step, the rng key,
   the pose normalisation, optimizer counters, plateau scalars) is replicated,
   whatever its shape.
 
@@ -206,7 +285,10 @@ def state_sharding(mesh: Mesh, state: Any) -> Any:
   leaves = jax.tree_util.tree_leaves(state.params)
   num_hyps = leaves[0].shape[0] if leaves else 1
   hyp_size = mesh.shape[HYP]
-  stacked = NamedSharding(mesh, P(HYP) if hyp_size > 1 and num_hyps % hyp_size == 0 else P())
+  if num_hyps % hyp_size:
+    raise errors.ConfigError(f'config.parallel.hyp_axis={hyp_size} must divide the '
+                             f'{num_hyps} stacked hypotheses')
+  stacked = NamedSharding(mesh, P(HYP) if hyp_size > 1 else P())
   replicated_ = NamedSharding(mesh, P())
   params = {_names(p): x.shape for p, x in
             jax.tree_util.tree_flatten_with_path(state.params)[0]}
@@ -225,12 +307,12 @@ def state_sharding(mesh: Mesh, state: Any) -> Any:
 
 
 def local_batch_size(global_batch_size: int, mesh: Mesh) -> int:
-  """This process's share of a global batch; checks divisibility by `data`."""
+  """This process's share of a global batch (`data_shard`); checks divisibility by `data`."""
   data_size = mesh.shape[DATA]
   if global_batch_size % data_size:
     raise errors.ConfigError(f'batch size {global_batch_size} must be divisible by the '
                      f'{data_size} devices of the mesh data axis')
-  return global_batch_size // jax.process_count()
+  return global_batch_size // data_shard(mesh)[1]
 
 
 def numeric_fields(batch: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -240,7 +322,17 @@ def numeric_fields(batch: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 def global_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
-  """Assembles process-local numpy batches into global arrays sharded on `data`."""
+  """Assembles process-local numpy batches (this process's `data_shard`) into global arrays.
+
+  Args:
+    batch: this process's shard of every field, [b, ...] each.
+    mesh: the mesh.
+
+  Returns:
+    The numeric fields as global arrays [b x shards, ...] sharded on `data`.
+  """
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, v)
+  shards = data_shard(mesh)[1]
+  return {k: jax.make_array_from_process_local_data(
+              sharding, v, (v.shape[0] * shards,) + v.shape[1:])
           for k, v in numeric_fields(batch).items()}

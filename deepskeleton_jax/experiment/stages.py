@@ -12,7 +12,8 @@ Stages:
   skeleton_net: RGB crop at c_i -> fg/bg skeleton maps of stick width l_i.
   regressor:    skeleton maps (rendered from labels, or predicted) -> 3D pose.
   direct_rgb:   RGB crop at c=1 -> 3D pose (the paper's baseline).
-  ensemble:     n regressors of the base hypothesis, different seeds.
+  ensemble:     n regressors of the base hypothesis, each with its own
+                initialisation and its own data order (`data_streams`).
   hourglass:    RGB crop at c=1 -> 2D heatmaps (for matching and PCKh).
   lifting:      2D joints -> 3D pose (pseudo-3D labels for MPII; a baseline).
 """
@@ -152,9 +153,40 @@ def _pose_targets(batch, norm):
   return {'pose': target, 'weight': batch['has_3d'].astype(jnp.float32)}
 
 
-def _pose_loss(pred, targets, batch):
-  del batch
-  return regressor.pose_loss(pred, targets['pose'], targets['weight']), {}
+def pose_loss_fn(kind: str) -> Callable[..., Any]:
+  """The pose stages' loss: (pred, targets, batch) -> (scalar, metrics).
+
+  Args:
+    kind: the stage's `loss` key: 'euclidean' (Caffe's EuclideanLoss, the
+      paper's: sum of squares / 2N, `regressor.euclidean_loss`) or 'distance'
+      (the mean per-joint Euclidean distance, `regressor.pose_loss`), both on
+      the normalised targets.
+
+  Returns:
+    The loss function of one hypothesis.
+  """
+  fn = {'euclidean': regressor.euclidean_loss, 'distance': regressor.pose_loss}[kind]
+
+  def loss(pred, targets, batch):
+    del batch
+    return fn(pred, targets['pose'], targets['weight']), {}
+  return loss
+
+
+def tile_streams(batch: dict[str, Any], streams: int) -> dict[str, Any]:
+  """A plain batch as a stage with `data_streams` takes it: every stream sees the same rows.
+
+  Args:
+    batch: numeric fields [b, ...].
+    streams: the stage's `data_streams` (0: plain batches, returned as they are).
+
+  Returns:
+    The fields repeated along a new axis 1, [b, streams, ...] (for the
+    validation loss, benchmarks and shape checks).
+  """
+  if not streams:
+    return batch
+  return {k: np.repeat(np.asarray(v)[:, None], streams, axis=1) for k, v in batch.items()}
 
 
 def _pose_predict(pred, norm):
@@ -190,6 +222,10 @@ class Stage:
     needs: the stage whose trained variables `make_inputs` uses, or None.
     pose_norm: whether the targets are poses normalised by dataset statistics.
     hyp_map: 'vmap' or 'loop' (see `hypotheses.map_hypotheses`).
+    data_streams: 0 for train batches of fields [b, ...] shared by every
+      hypothesis; n (the ensemble) for fields [b, n, ...], column m from
+      member m's own shuffled stream (`tile_streams` makes one from a plain
+      batch).
   """
   name: str
   model: nn.Module
@@ -202,6 +238,7 @@ class Stage:
   needs: str | None = None
   pose_norm: bool = False
   hyp_map: str = 'vmap'
+  data_streams: int = 0
 
   def apply(self, variables: Any, inputs: jax.Array) -> Any:
     """Eval-mode outputs of every hypothesis for inputs [H or 1, b, ...]."""
@@ -251,7 +288,7 @@ def _skeleton_net(config, lay: Layout) -> Stage:
 
   def loss(logits, targets, batch):
     del batch
-    return skeleton_net.skeleton_map_loss(logits, targets), {}
+    return skeleton_net.skeleton_map_loss(logits, targets, normalization=cfg.loss), {}
 
   def predict(logits, norm):
     del norm
@@ -298,7 +335,7 @@ def _regressor(config, lay: Layout, name: str) -> Stage:
         [predicted_maps(skel, aux, tail, lay, hyp_sel)] if k < b else [])
     return jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
 
-  def make_inputs(batch, aux, norm, step=None):
+  def maps_and_targets(batch, aux, norm, step):
     if gt_steps and step is not None:
       # The first gt_steps train steps see rendered maps only (one compiled
       # step: the SkeletonMapNet runs only in the later branch).
@@ -306,14 +343,23 @@ def _regressor(config, lay: Layout, name: str) -> Stage:
                           lambda: mixed_maps(batch, aux))
     else:
       maps = mixed_maps(batch, aux)
-    x = prepare(maps)
-    x = jnp.broadcast_to(x, (num,) + x.shape[1:])
-    return x, targets_for_hyp(_pose_targets(batch, norm), num)
+    return prepare(maps), _pose_targets(batch, norm)
+
+  def make_inputs(batch, aux, norm, step=None):
+    if name == 'ensemble':  # fields [b, num, ...]: member m's examples in column m
+      b = batch['joints_3d'].shape[0]
+      flat = jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), batch)
+      x, targets = maps_and_targets(flat, aux, norm, step)
+      per_member = lambda t: jnp.swapaxes(t.reshape((b, num) + t.shape[1:]), 0, 1)
+      return per_member(x[0]), jax.tree_util.tree_map(per_member, targets)
+    x, targets = maps_and_targets(batch, aux, norm, step)
+    return x, targets_for_hyp(targets, num)
 
   size = lay.regressor_size
-  return Stage(name, model, num, make_inputs, _pose_loss, _pose_predict, prepare,
+  return Stage(name, model, num, make_inputs, pose_loss_fn(cfg.loss), _pose_predict, prepare,
                np.zeros((1, size, size, 6), np.float32),
-               needs='skeleton_net' if predicted else None, pose_norm=True)
+               needs='skeleton_net' if predicted else None, pose_norm=True,
+               data_streams=num if name == 'ensemble' else 0)
 
 
 def _direct_rgb(config, lay: Layout) -> Stage:
@@ -327,7 +373,8 @@ def _direct_rgb(config, lay: Layout) -> Stage:
     del aux, step
     return prepare(batch), targets_for_hyp(_pose_targets(batch, norm), 1)
 
-  return Stage('direct_rgb', model, 1, make_inputs, _pose_loss, _pose_predict, prepare,
+  return Stage('direct_rgb', model, 1, make_inputs, pose_loss_fn(config.direct_rgb.loss),
+               _pose_predict, prepare,
                np.zeros((1, lay.input_size, lay.input_size, 3), np.float32),
                pose_norm=True)
 
@@ -385,7 +432,7 @@ def _lifting(config, lay: Layout) -> Stage:
 
   spread = np.zeros((1, 16, 2), np.float32) + np.arange(16)[None, :, None]
   dummy = np.asarray(lifting.normalize_2d(spread, np.ones((1, 16), bool)))
-  return Stage('lifting', model, 1, make_inputs, _pose_loss, _pose_predict, prepare,
+  return Stage('lifting', model, 1, make_inputs, pose_loss_fn(cfg.loss), _pose_predict, prepare,
                dummy, pose_norm=True)
 
 

@@ -1,4 +1,4 @@
-"""PoseRegressor: ResNet-50 regressing 3D joints (Section 3.3), and its loss.
+"""PoseRegressor: ResNet-50 regressing 3D joints (Section 3.3), and its losses.
 
 The ResNet's classifier is replaced by one linear layer to `num_joints x 3`
 raw values (root-relative millimetres, or whatever normalisation the trainer
@@ -90,3 +90,33 @@ def pose_loss(pred: jax.Array, target: jax.Array,
                      f'{dist.shape[:1]}, got {weights.shape}')
   weights = jnp.broadcast_to(weights, dist.shape)
   return jnp.sum(weights * dist) / jnp.maximum(jnp.sum(weights), 1e-12)
+
+
+def euclidean_loss(pred: jax.Array, target: jax.Array,
+                   weights: jax.Array | None = None) -> jax.Array:
+  """Caffe's EuclideanLoss (the paper's): the sum of squared differences / 2N.
+
+  Args:
+    pred: [B, K, 3] predictions.
+    target: [B, K, 3] targets, same units.
+    weights: optional non-negative example weights [B] (e.g. `has_3d`), or
+      per-joint weights [B, K]; N is then the sum of the example weights
+      (per joint: their mean over joints), B when all are 1 as in Caffe.
+
+  Returns:
+    Scalar float32: sum_b w_b sum_k ||pred - target||^2 / (2 N) (0 when all
+    weights are 0).
+  """
+  chex.assert_equal_shape([pred, target])
+  chex.assert_rank(pred, 3)
+  sq = jnp.sum(jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32)), axis=-1)
+  if weights is None:
+    return jnp.sum(sq) / (2.0 * sq.shape[0])
+  weights = jnp.asarray(weights, jnp.float32)
+  if weights.shape == sq.shape[:1]:
+    weights = weights[:, None]
+  elif weights.shape != sq.shape:
+    raise ValueError(f'weights must have shape {sq.shape} or {sq.shape[:1]}, got {weights.shape}')
+  weights = jnp.broadcast_to(weights, sq.shape)
+  examples = jnp.sum(weights) / sq.shape[1]
+  return jnp.sum(weights * sq) / jnp.maximum(2.0 * examples, 1e-12)

@@ -181,21 +181,34 @@ def area_resize(x: jax.Array, height: int, width: int) -> jax.Array:
   return x.mean(axis=(2, 4))
 
 
-def skeleton_map_loss(logits: Sequence[jax.Array],
-                      targets: jax.Array) -> jax.Array:
+LOSS_NORMALIZATIONS = ('caffe', 'mean')
+
+
+def skeleton_map_loss(logits: Sequence[jax.Array], targets: jax.Array,
+                      normalization: str = 'mean') -> jax.Array:
   """Sigmoid cross-entropy of every head against the rendered maps.
+
+  Targets are area-averaged down to each head's resolution.
 
   Args:
     logits: list of [B, h_k, w_k, C] logits (as returned by SkeletonMapNet);
       each h_k, w_k must divide the target size.
     targets: [B, H, W, C] maps in [0, 1] (fg RGB, bg RGB), H, W = the final size.
+    normalization: 'caffe': the paper's Caffe loss, one SigmoidCrossEntropyLoss
+      layer (loss_weight 1) per head: the sum over the head's pixels and
+      channels divided by the batch size B (Caffe's default normalisation of
+      that layer, BATCH_SIZE), summed over the heads, so every pixel of every
+      head weighs the same. 'mean': per head the mean over batch, pixels and
+      channels, averaged over the heads (each head weighs the same, so a pixel
+      of the 14x14 head weighs 16x one of the 56x56 head).
 
   Returns:
-    Scalar: per head the mean over pixels and channels, averaged over heads.
-    Targets are area-averaged down to each head's resolution.
+    Scalar loss.
   """
   if not logits:
     raise ValueError('logits must be a non-empty list of head outputs')
+  if normalization not in LOSS_NORMALIZATIONS:
+    raise ValueError(f'normalization must be one of {LOSS_NORMALIZATIONS}, got {normalization!r}')
   chex.assert_rank(targets, 4)
   targets = targets.astype(jnp.float32)
   losses = []
@@ -206,8 +219,10 @@ def skeleton_map_loss(logits: Sequence[jax.Array],
                        f'[{targets.shape[0]}, h, w, {targets.shape[-1]}] to '
                        f'match targets {tuple(targets.shape)}')
     t = area_resize(targets, head.shape[1], head.shape[2])
-    losses.append(jnp.mean(sigmoid_cross_entropy(head.astype(jnp.float32), t)))
-  return jnp.mean(jnp.stack(losses))
+    ce = sigmoid_cross_entropy(head.astype(jnp.float32), t)
+    losses.append(jnp.sum(ce) / ce.shape[0] if normalization == 'caffe' else jnp.mean(ce))
+  total = jnp.sum(jnp.stack(losses))
+  return total if normalization == 'caffe' else total / len(losses)
 
 
 def sigmoid_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:

@@ -154,9 +154,9 @@ def bench_train_step(config, stage_name: str, batch_size: int, steps: int,
   aux = None
   if stage.needs:
     aux = train_step.init_variables(stages_lib.build(config, stage.needs), rng)
-  batch = synthetic_batch(config, batch_size)
+  batch = stages_lib.tile_streams(synthetic_batch(config, batch_size), stage.data_streams)
   if sharded:
-    mesh = parallel.make_mesh(config.parallel.hyp_axis, devices)
+    mesh = parallel.stage_mesh(config.parallel.hyp_axis, stage.num_hyps, stage_name, devices)
     abstract = jax.eval_shape(lambda v: train_step.create_state(v, tx, norm, rng), variables)
     state_sh = parallel.state_sharding(mesh, abstract)
     state = jax.jit(lambda v: train_step.create_state(v, tx, norm, rng),
@@ -192,7 +192,8 @@ def bench_inference(config, stage_name: str, batch_size: int, steps: int) -> dic
   if stage.needs:
     aux = train_step.init_variables(stages_lib.build(config, stage.needs), rng)
   norm = {'mean': jnp.zeros((16, 3)), 'std': jnp.float32(300.0)}
-  batch = jax.device_put(parallel.numeric_fields(synthetic_batch(config, batch_size)))
+  batch = jax.device_put(stages_lib.tile_streams(
+      parallel.numeric_fields(synthetic_batch(config, batch_size)), stage.data_streams))
 
   @jax.jit
   def forward(variables, batch):

@@ -22,6 +22,7 @@ from deepskeleton_jax import errors
 from deepskeleton_jax.data import registry
 from deepskeleton_jax.experiment import checkpointing
 from deepskeleton_jax.data import input_pipeline
+from deepskeleton_jax.data import streams
 from deepskeleton_jax.experiment import metric_writer
 from deepskeleton_jax.experiment import parallel
 from deepskeleton_jax.experiment import stages as stages_lib
@@ -59,31 +60,48 @@ def pose_norm(config: ml_collections.ConfigDict, max_examples: int = 4096) -> di
   return {'mean': mean.astype(np.float32), 'std': np.float32(max(std, 1e-3))}
 
 
-def train_iterator(config: ml_collections.ConfigDict, stage_name: str) -> Any:
+def train_iterator(config: ml_collections.ConfigDict, stage_name: str,
+                   shard: tuple[int, int]) -> Any:
   """The endless, shuffled training stream of a stage.
 
   The regressors' steps on maps rendered from labels read
   `config.regressor.gt_split` when it is set (e.g. the synthetic set's
   image-free 'poses' split): all steps with `regressor.input='gt'`, the first
   `regressor.gt_steps` with 'predicted' (then `data.train_split`, whose images
-  the SkeletonMapNet sees).
+  the SkeletonMapNet sees). The ensemble's members each read their own
+  stream (shuffle seed `streams.stream_seed(train.seed, member)`), stacked
+  along axis 1 of every field.
+
+  Args:
+    config: the experiment config.
+    stage_name: the stage.
+    shard: (input shard, number of shards) of this process (`parallel.data_shard`).
+
+  Returns:
+    An iterator of this process's batches with `get_state` / `set_state`.
   """
   tcfg = config[stage_name].train
 
-  def stream(split):
+  def stream(split, seed):
     return input_pipeline.make_iterator(
         config.data, split, tcfg.batch_size, shuffle=True, num_epochs=None,
-        seed=tcfg.seed, process_index=jax.process_index(),
-        process_count=jax.process_count(), drop_remainder=True)
+        seed=seed, process_index=shard[0], process_count=shard[1], drop_remainder=True)
 
   reg = config.regressor
   gt_split = reg.gt_split if stage_name in ('regressor', 'ensemble') else ''
-  if gt_split and reg.input == 'gt':
-    return stream(gt_split)
-  if gt_split and reg.gt_steps:
-    return input_pipeline.ChainedIterator(stream(gt_split), reg.gt_steps,
-                                          stream(config.data.train_split))
-  return stream(config.data.train_split)
+
+  def member(seed):
+    if gt_split and reg.input == 'gt':
+      return stream(gt_split, seed)
+    if gt_split and reg.gt_steps:
+      return input_pipeline.ChainedIterator(stream(gt_split, seed), reg.gt_steps,
+                                            stream(config.data.train_split, seed))
+    return stream(config.data.train_split, seed)
+
+  if stage_name == 'ensemble':
+    return streams.StackedStreams([member(streams.stream_seed(tcfg.seed, m))
+                                   for m in range(config.ensemble.num_runs)])
+  return member(tcfg.seed)
 
 
 class _Preemption:
@@ -130,15 +148,17 @@ class _Preemption:
 
 def load_pretrained(config_model: ml_collections.ConfigDict, variables: Any,
                     in_channels: int) -> Any:
-  """Fills every hypothesis' backbone from a user-supplied ResNet-50 file."""
+  """Fills every hypothesis' backbone from a user-supplied ResNet-50 file.
+
+  Only the variables the file holds change (the same values in every
+  hypothesis); every other layer (decoder, heads, the regression layer) keeps
+  its own hypothesis' initialisation.
+  """
   from deepskeleton_jax.models import pretrained  # pylint: disable=g-import-not-at-top
-  first = jax.tree_util.tree_map(lambda x: np.asarray(x[0]), variables)
   state_dict = pretrained.load_state_dict(config_model.pretrained)
-  converted, report = pretrained.convert_resnet50(state_dict, first, in_channels)
+  converted, report = pretrained.convert_resnet50(state_dict, variables, in_channels)
   logging.info('pretrained %s: %s', config_model.pretrained, report)
-  num = jax.tree_util.tree_leaves(variables)[0].shape[0]
-  return jax.tree_util.tree_map(
-      lambda x: np.broadcast_to(np.asarray(x)[None], (num,) + np.shape(x)), converted)
+  return converted
 
 
 # ----------------------------------------------------------------------------
@@ -171,13 +191,13 @@ def _train_stage(config, workdir, stage_name, preempt):
   tcfg = config[stage_name].train
   if stage_name == 'skeleton_net':
     check_depth(config)
-  mesh = parallel.make_mesh(config.parallel.hyp_axis)
+  mesh = parallel.stage_mesh(config.parallel.hyp_axis, stage.num_hyps, stage_name)
   parallel.local_batch_size(tcfg.batch_size, mesh)
   aux = None
   if stage.needs:
     aux = checkpointing.load_variables(workdir, stage.needs)['variables']
     aux = jax.device_put(aux, parallel.replicated(mesh))
-  iterator = train_iterator(config, stage_name)
+  iterator = train_iterator(config, stage_name, parallel.data_shard(mesh))
   mngr = checkpointing.manager(workdir, stage_name, tcfg.keep_checkpoints)
   if mngr.latest_step() is not None:  # resuming: the same settings
     checkpointing.check_trained_with(config, workdir, stage_name)
@@ -222,7 +242,7 @@ def check_depth(config: ml_collections.ConfigDict, sample: int = 512) -> None:
 def _initial_state(config, stage, mesh, mngr, iterator):
   """The latest checkpoint (with the iterator's position), or a fresh state."""
   tcfg = config[stage.name].train
-  init_rng, state_rng = jax.random.split(jax.random.PRNGKey(tcfg.seed))
+  init_rng, state_rng = train_step.stage_keys(stage.name, tcfg.seed)
   tx = train_step.make_optimizer(tcfg)
   norm_shape = {'mean': np.zeros((16, 3), np.float32), 'std': np.ones((), np.float32)}
   abstract_vars = jax.eval_shape(lambda r: train_step.init_variables(stage, r), init_rng)
@@ -319,14 +339,41 @@ def _check_finite(state: train_step.TrainState, tcfg) -> None:
                     int(state.first_nonfinite) + 1)
 
 
+def plateau_update(val: np.ndarray, best: np.ndarray, bad: np.ndarray, scale: np.ndarray,
+                   patience: int, factor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """One plateau decision per hypothesis, each on its own validation loss.
+
+  Args:
+    val: [H] this evaluation's validation loss of each hypothesis.
+    best: [H] each hypothesis' best validation loss so far.
+    bad: [H] evaluations without improvement since each hypothesis' last best.
+    scale: [H] each hypothesis' rate multiplier.
+    patience: evaluations without improvement before a decay.
+    factor: the decay factor.
+
+  Returns:
+    The new (best, bad, scale): a hypothesis that improved resets its count, one
+    that did not counts up and, at `patience`, multiplies its own rate by `factor`.
+  """
+  val, best = np.asarray(val, np.float32), np.asarray(best, np.float32)
+  improved = val < best - 1e-6
+  bad = np.where(improved, 0, np.asarray(bad, np.int32) + 1)
+  decay = bad >= patience
+  return (np.where(improved, val, best).astype(np.float32),
+          np.where(decay, 0, bad).astype(np.int32),
+          (np.asarray(scale, np.float32) * np.where(decay, factor, 1.0)).astype(np.float32))
+
+
 class _Plateau:
-  """Decays the rate when the validation loss stops improving (the paper's schedule).
+  """Decays each hypothesis' rate when its validation loss stops improving (the paper's schedule).
 
   The loss is taken on a fixed random subset of `data.val_split` (a held-out
   part of the training data; never the test split) of
   `train.plateau_examples` examples, the same subset at every evaluation,
-  in eval mode; after `train.plateau_patience` evaluations without a new best,
-  the rate is multiplied by `train.decay_factor`.
+  in eval mode; after `train.plateau_patience` evaluations without a new best
+  of its own, a hypothesis' rate is multiplied by `train.decay_factor`: the
+  paper's networks are independent, so each stacked hypothesis keeps its own
+  decay state (`plateau_update`).
   """
 
   def __init__(self, config, stage, mesh, writer):
@@ -340,13 +387,15 @@ class _Plateau:
 
   def _batches(self):
     tcfg = self._tcfg
+    shard, num_shards = parallel.data_shard(self._mesh)
     it = input_pipeline.make_iterator(
         self._config.data, self._config.data.val_split, tcfg.batch_size, shuffle=True,
-        num_epochs=1, seed=0, process_index=jax.process_index(),
-        process_count=jax.process_count(), drop_remainder=True, augment=False)
+        num_epochs=1, seed=0, process_index=shard, process_count=num_shards,
+        drop_remainder=True, augment=False)
     for i, batch in enumerate(it):
       if i * tcfg.batch_size >= tcfg.plateau_examples:
         return
+      batch = stages_lib.tile_streams(parallel.numeric_fields(batch), self._stage.data_streams)
       yield parallel.global_batch(batch, self._mesh)
 
   def __call__(self, state, train_batch, aux, done):
@@ -354,21 +403,22 @@ class _Plateau:
       self._loss = parallel.compile_together(
           jax.jit(train_step.make_eval_loss(self._stage)), f'{self._stage.name} eval loss',
           state, train_batch, aux)
-    losses = [float(self._loss(state, batch, aux)) for batch in self._batches()]
+    losses = [np.asarray(self._loss(state, batch, aux)) for batch in self._batches()]
     if not losses:
       return state
-    val = float(np.mean(losses))
-    best, bad, scale = float(state.best_val), int(state.bad_evals), float(state.lr_scale)
-    if val < best - 1e-6:
-      best, bad = val, 0
-    else:
-      bad += 1
-      if bad >= self._tcfg.plateau_patience:
-        scale *= self._tcfg.decay_factor
-        bad = 0
-        logging.info('validation loss plateaued at %.4f: learning rate x%g', val, scale)
-    self._writer.write(done, {'val_loss': val, 'lr_scale': scale})
+    val = np.mean(losses, axis=0)  # [H]
+    old_scale = np.asarray(state.lr_scale)
+    best, bad, scale = plateau_update(val, np.asarray(state.best_val), np.asarray(state.bad_evals),
+                                      old_scale, self._tcfg.plateau_patience,
+                                      self._tcfg.decay_factor)
+    for h in np.flatnonzero(scale != old_scale):
+      logging.info('%s hypothesis %d: validation loss plateaued at %.4f: learning rate x%g',
+                   self._stage.name, h, val[h], scale[h])
+    scalars = {'val_loss': float(val.mean()), 'lr_scale': float(scale.mean())}
+    if len(val) > 1:
+      scalars.update({f'val_loss_h{h}': float(v) for h, v in enumerate(val)})
+      scalars.update({f'lr_scale_h{h}': float(s) for h, s in enumerate(scale)})
+    self._writer.write(done, scalars)
     rep = parallel.replicated(self._mesh)
-    return state.replace(best_val=jax.device_put(np.float32(best), rep),
-                         bad_evals=jax.device_put(np.int32(bad), rep),
-                         lr_scale=jax.device_put(np.float32(scale), rep))
+    return state.replace(best_val=jax.device_put(best, rep), bad_evals=jax.device_put(bad, rep),
+                         lr_scale=jax.device_put(scale, rep))

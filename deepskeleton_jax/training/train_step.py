@@ -2,7 +2,8 @@
 
 Stacked hypotheses (leading axis H of every parameter) are applied together
 (`hypotheses.map_hypotheses`) and their losses summed, so each hypothesis gets
-exactly the gradient it would get alone; SGD with momentum and weight decay
+exactly the gradient it would get alone, and its own rate (each keeps its own
+plateau decay, `TrainState.lr_scale`); SGD with momentum and weight decay
 (the paper's) or Adam; step, plateau or cosine decay; gradient accumulation
 over micro-batches; non-finite updates are never applied (the loop's policy
 then stops or skips). `train_loop.py` runs the step.
@@ -32,9 +33,9 @@ class TrainState:
   opt_state: Any
   norm: dict[str, jax.Array]      # pose normalisation {'mean': [16,3], 'std': []}
   rng: jax.Array                  # raw uint32 PRNG key
-  lr_scale: jax.Array             # plateau decay multiplier
-  best_val: jax.Array             # plateau: best validation loss so far
-  bad_evals: jax.Array            # plateau: evaluations without improvement
+  lr_scale: jax.Array             # [H] plateau decay multiplier of each hypothesis
+  best_val: jax.Array             # [H] plateau: each hypothesis' best validation loss
+  bad_evals: jax.Array            # [H] plateau: evaluations without improvement
   nonfinite_steps: jax.Array      # updates skipped because non-finite
   first_nonfinite: jax.Array      # step of the first non-finite update, or -1
 
@@ -80,6 +81,24 @@ def make_optimizer(train_cfg: ml_collections.ConfigDict) -> optax.GradientTransf
 # State and steps.
 
 
+# Folded into the ensemble's key: with both stages at train.seed 0, ensemble
+# member b would otherwise start from regressor hypothesis b's key.
+_ENSEMBLE_KEY = 0x656E73
+
+
+def stage_keys(stage_name: str, seed: int) -> tuple[jax.Array, jax.Array]:
+  """(initialisation key, training-state key) of a stage trained with `seed`.
+
+  Hypothesis i is initialised from `jax.random.split(init key, H)[i]`
+  (`init_variables`); the ensemble's key differs from every other stage's.
+  """
+  key = jax.random.PRNGKey(seed)
+  if stage_name == 'ensemble':
+    key = jax.random.fold_in(key, _ENSEMBLE_KEY)
+  init_rng, state_rng = jax.random.split(key)
+  return init_rng, state_rng
+
+
 def init_variables(stage: stages_lib.Stage, rng: jax.Array) -> Any:
   """Stacked variables [H, ...] of a stage."""
   return hypotheses.init_stacked(stage.model, rng, stage.num_hyps,
@@ -88,13 +107,25 @@ def init_variables(stage: stages_lib.Stage, rng: jax.Array) -> Any:
 
 def create_state(variables: Any, tx: optax.GradientTransformation,
                  norm: dict[str, Any], rng: jax.Array) -> TrainState:
+  """A fresh state: step 0, every hypothesis at the full rate, no best loss yet.
+
+  Args:
+    variables: stacked variables [H, ...] (`init_variables`).
+    tx: the optimizer (`make_optimizer`).
+    norm: the pose normalisation {'mean': [16, 3], 'std': []}.
+    rng: the PRNG key of the training steps (dropout).
+
+  Returns:
+    The TrainState; the plateau fields have one entry per hypothesis.
+  """
   params = variables['params']
+  num = hypotheses.num_hypotheses(params)
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=params,
       batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params),
       norm={k: jnp.asarray(v, jnp.float32) for k, v in norm.items()}, rng=rng,
-      lr_scale=jnp.ones((), jnp.float32), best_val=jnp.full((), jnp.inf, jnp.float32),
-      bad_evals=jnp.zeros((), jnp.int32), nonfinite_steps=jnp.zeros((), jnp.int32),
+      lr_scale=jnp.ones((num,), jnp.float32), best_val=jnp.full((num,), jnp.inf, jnp.float32),
+      bad_evals=jnp.zeros((num,), jnp.int32), nonfinite_steps=jnp.zeros((), jnp.int32),
       first_nonfinite=jnp.full((), -1, jnp.int32))
 
 
@@ -160,9 +191,10 @@ def make_train_step(stage: stages_lib.Stage, train_cfg: ml_collections.ConfigDic
       grads = jax.tree_util.tree_map(lambda g: g / accum, grads)
       losses = losses / accum
 
-    lr = lr_fn(state.step) * state.lr_scale
+    lr = lr_fn(state.step) * state.lr_scale  # [H]: each hypothesis' own plateau decay
     updates, new_opt = tx.update(grads, state.opt_state, state.params)
-    new_params = jax.tree_util.tree_map(lambda p, u: p - lr * u, state.params, updates)
+    new_params = jax.tree_util.tree_map(
+        lambda p, u: p - lr.reshape((-1,) + (1,) * (p.ndim - 1)) * u, state.params, updates)
     # One reduction over all gradients concatenated: a reduction per leaf made
     # XLA:CPU compile a small SkeletonMapNet's step in 180 s of CPU time
     # instead of 69 s (measured; the same step time).
@@ -180,9 +212,10 @@ def make_train_step(stage: stages_lib.Stage, train_cfg: ml_collections.ConfigDic
         nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
         first_nonfinite=jnp.where((~finite) & (state.first_nonfinite < 0),
                                   state.step, state.first_nonfinite))
-    metrics = {'loss': losses.mean(), 'learning_rate': lr}
+    metrics = {'loss': losses.mean(), 'learning_rate': lr.mean()}
     if stage.num_hyps > 1:
       metrics.update({f'loss_h{i}': losses[i] for i in range(stage.num_hyps)})
+      metrics.update({f'learning_rate_h{i}': lr[i] for i in range(stage.num_hyps)})
     return new_state, metrics
 
   return step
@@ -199,9 +232,9 @@ def jit_train_step(stage: stages_lib.Stage, train_cfg: ml_collections.ConfigDict
 
 
 def make_eval_loss(stage: stages_lib.Stage):
-  """Returns `fn(state, batch, aux) -> mean loss over hypotheses` in eval mode."""
+  """Returns `fn(state, batch, aux) -> [H] loss of each hypothesis` in eval mode."""
   def fn(state: TrainState, batch, aux):
     losses, _ = _per_hyp_losses(stage, state.params, state.batch_stats, batch, aux,
                                 state.norm, state.rng, train=False)
-    return losses.mean()
+    return losses
   return fn
