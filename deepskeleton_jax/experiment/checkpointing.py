@@ -290,9 +290,12 @@ def _all_processes(ok: bool) -> bool:
   return bool(np.all(multihost_utils.process_allgather(np.array(ok))))
 
 
-def _reason(e: Exception) -> str:
-  text = ' '.join(str(e).split())
-  return f'{type(e).__name__}: {text[:200]}{"..." if len(text) > 200 else ""}'
+def _reason(e: BaseException) -> str:
+  """The innermost cause of a failed read, shortened (TensorStore appends its spec)."""
+  while e.__cause__ is not None or e.__context__ is not None:
+    e = e.__cause__ or e.__context__
+  text = ' '.join(str(e).split(' [tensorstore_spec=')[0].split())
+  return f'{type(e).__name__}: {text[:300]}{"..." if len(text) > 300 else ""}'
 
 
 def newest_readable(mngr: ocp.CheckpointManager, stage: str, read: Callable[[int], Any],
