@@ -368,8 +368,10 @@ def restore(mngr: ocp.CheckpointManager, stage: str, abstract_state: Any,
     errors.InputError: no step reads.
   """
   def read(step):
-    check_shapes(stage, f'step {step} in {mngr.directory}',
-                 mngr.item_metadata(step)['state'], abstract_state)
+    saved = mngr.item_metadata(step)['state']
+    if saved is None or not _shapes_by_path(saved):
+      raise ValueError('its state has no readable metadata (state/_METADATA)')
+    check_shapes(stage, f'step {step} in {mngr.directory}', saved, abstract_state)
     args = {'state': ocp.args.StandardRestore(abstract_state)}
     if iterator is not None:
       args['data'] = DataIteratorRestore(iterator)
