@@ -64,16 +64,25 @@ def config_keys_checked(argv: list[str]) -> Iterator[None]:
   try:
     yield
   except (AttributeError, KeyError) as e:
+    overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
     missing = _missing_key(e)
-    if missing is None:  # not ml_collections' missing key: a bug, keep the traceback
-      raise
+    if missing is None:  # e.g. a key below a value: "Attribute <class 'int'>.x ..."
+      text = _innermost_text(e)
+      flag = next((f for f in overrides if f[len('--config.'):] in text), '--config')
+      raise ConfigError(f'flag {flag}: {text}') from None
     key, suggestion = missing
-    flag = next((a.split('=')[0] for a in argv[1:] if a.startswith('--config.') and
-                 key in a.split('=')[0].split('.')), '--config.<key>')
+    flag = next((f for f in overrides if key in f.split('.')), '--config.<key>')
     hint = f"; did you mean '{suggestion}'?" if suggestion else ''
     raise ConfigError(
         f"flag {flag}: the config has no key '{key}'{hint} (the config file and its "
         'groups define the keys; see --helpfull)') from None
+
+
+def _innermost_text(e: BaseException) -> str:
+  """The message of an exception whose first argument may be the real exception."""
+  while e.args and isinstance(e.args[0], BaseException):
+    e = e.args[0]
+  return str(e.args[0]) if e.args else str(e)
 
 
 def _missing_key(e: BaseException) -> tuple[str, str | None] | None:
@@ -82,9 +91,7 @@ def _missing_key(e: BaseException) -> tuple[str, str | None] | None:
   ml_collections raises `KeyError("'key'\\nDid you mean \"k\" instead of
   \"key\"?")`, sometimes wrapped in an AttributeError.
   """
-  while e.args and isinstance(e.args[0], BaseException):
-    e = e.args[0]
-  text = str(e.args[0]) if e.args else ''
+  text = _innermost_text(e)
   match = re.fullmatch(r"""'([^'\n]+)'(?:\nDid you mean "([^"]+)" instead of "[^"]+"\?)?""",
                        text)
   return (match.group(1), match.group(2)) if match else None

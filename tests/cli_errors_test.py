@@ -67,6 +67,12 @@ def test_misspelt_key_names_the_flag_and_the_suggestion(tmp_path):
   assert '\\' not in line
 
 
+def test_key_below_a_value_names_the_flag(tmp_path):
+  line = _one_line_error(_run_py('--mode=eval', '--config.eval.batch_size.x=1',
+                                 workdir=tmp_path))
+  assert line.startswith('error: flag --config.eval.batch_size.x: ')
+
+
 @pytest.mark.parametrize('source,expected', [
     ('def get_config(:\n  pass\n', 'bad.py line 1: invalid syntax'),
     ('import ml_collections\nCONFIG = ml_collections.ConfigDict()\n',
