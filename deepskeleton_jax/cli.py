@@ -180,8 +180,9 @@ def main(argv):
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   config = _load_config()
   workdir = _WORKDIR.value or _default_workdir()
-  preflight(config, workdir, _MODE.value)
+  # Before the preflight: it builds stages, which asks JAX for its backend.
   parallel.maybe_initialize_distributed(config.parallel)
+  preflight(config, workdir, _MODE.value)
   logging.info('mode=%s workdir=%s devices=%s', _MODE.value, workdir, jax.devices())
   with parallel.fail_fast():
     try:
