@@ -101,11 +101,14 @@ def writable_folder_problem(path: str | os.PathLike) -> str | None:
   """Why files cannot be written in folder `path` (created if needed), or None.
 
   Args:
-    path: the folder; it or its nearest existing ancestor is examined.
+    path: the folder; it or its nearest existing ancestor is examined. A URL
+      (gs://...) is not examined.
 
   Returns:
     e.g. '/x/w is a file, not a folder' or '/x/w is not writable', or None.
   """
+  if '://' in os.fspath(path):
+    return None
   current = os.path.abspath(os.path.expanduser(os.fspath(path)))
   while not os.path.exists(current):
     parent = os.path.dirname(current)

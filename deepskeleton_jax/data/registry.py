@@ -286,7 +286,7 @@ def prepare(data_config: Any) -> tfds.core.GeneratorBasedBuilder:
   same dataset version take turns (a lock file `.<name>-<version>.build.lock`
   in the data dir, released when its process ends, even by SIGKILL); the
   build that holds it first removes the `incomplete.*` folders of that
-  version that killed builds left.
+  version that killed builds left. (Not on gs://: no lock, nothing removed.)
 
   With `data.beam_num_workers` > 0 or `data.beam_options` (see
   `beam_options`), builders that support it generate their examples with
@@ -319,18 +319,21 @@ def prepare(data_config: Any) -> tfds.core.GeneratorBasedBuilder:
   watched = [root, root / 'downloads', dataset_dir, dataset_dir / '.config',
              parent, pathlib.Path(builder.data_dir)]
   existed = {p: p.exists() for p in watched}
-  root.mkdir(parents=True, exist_ok=True)
+  local = '://' not in str(builder.data_dir_root)  # no file locks on gs://
+  if local:
+    root.mkdir(parents=True, exist_ok=True)
   # One build of a dataset version at a time (processes of this package):
   # holding the lock, no other build is writing, so TFDS's `incomplete.*`
   # folders of this version were left by killed builds and can go.
-  with files.exclusive_lock(root / f'.{builder.name}-{builder.version}.build.lock',
-                            on_wait=lambda: logging.info(
-                                'waiting for another process building %s', builder.name)):
+  with (files.exclusive_lock(root / f'.{builder.name}-{builder.version}.build.lock',
+                             on_wait=lambda: logging.info(
+                                 'waiting for another process building %s', builder.name))
+        if local else contextlib.nullcontext()):
     if builder.is_prepared():
       logging.info('%s was built by another process in %s', builder.name, builder.data_dir)
       return builder
     stale = re.compile(rf'incomplete\.[A-Z0-9]{{6}}_{re.escape(str(builder.version))}')
-    for leftover in (parent.iterdir() if parent.is_dir() else ()):
+    for leftover in (parent.iterdir() if local and parent.is_dir() else ()):
       if leftover.is_dir() and stale.fullmatch(leftover.name):
         logging.info('removing %s, left by an interrupted build', leftover)
         shutil.rmtree(leftover)
