@@ -21,6 +21,7 @@ from ml_collections import config_flags
 
 from deepskeleton_jax import configs as configs_package
 from deepskeleton_jax import errors
+from deepskeleton_jax import files
 from deepskeleton_jax.experiment import config_lib
 from deepskeleton_jax.experiment import parallel
 
@@ -81,12 +82,42 @@ def resolve_config(value: str) -> str:
   """
   name, sep, arg = value.partition(':')
   if os.sep in name or '/' in name or name.endswith('.py') or os.path.exists(name):
+    check_config_file(name, f'--config={value}')
     return value
   path = CONFIGS_DIR / f'{name}.py'
   if not path.is_file():
     raise errors.ConfigError(f'--config={value}: no config named {name!r}; expected a '
                              f'file path or one of {config_names()}')
   return f'{path}{sep}{arg}'
+
+
+def check_config_file(path: str, flag: str) -> None:
+  """Refuses a config file that does not parse or defines no `get_config`.
+
+  Args:
+    path: the config file (a missing one is reported when the config is used).
+    flag: the flag as given, for the message.
+
+  Raises:
+    errors.ConfigError: a syntax error (with its line) or no `get_config`.
+  """
+  try:
+    source = pathlib.Path(path).read_text()
+  except (OSError, UnicodeDecodeError):
+    return
+  try:
+    tree = ast.parse(source, path)
+  except SyntaxError as e:
+    raise errors.ConfigError(f'{flag}: {path} line {e.lineno}: {e.msg} (expected a Python '
+                             'file that defines get_config())') from None
+  defined = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+  defined |= {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+              for a in n.names}
+  defined |= {n.id for n in ast.walk(tree)
+              if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+  if 'get_config' not in defined:
+    raise errors.ConfigError(f'{flag}: {path} defines no get_config(); a config file '
+                             'returns its ml_collections.ConfigDict from get_config(arg=None)')
 
 
 def _resolve_argv(argv: list[str]) -> list[str]:
@@ -148,14 +179,68 @@ def main(argv):
       os.path.expanduser('~'), '.cache', 'deepskeleton_jax', 'jax_cache'))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   config = _load_config()
-  parallel.maybe_initialize_distributed(config.parallel)
   workdir = _WORKDIR.value or _default_workdir()
+  # Before the preflight: it builds stages, which asks JAX for its backend.
+  parallel.maybe_initialize_distributed(config.parallel)
+  preflight(config, workdir, _MODE.value)
   logging.info('mode=%s workdir=%s devices=%s', _MODE.value, workdir, jax.devices())
   with parallel.fail_fast():
     try:
       globals()['_' + _MODE.value](config, workdir)
     except parallel.Preempted as e:
       logging.warning('%s', e)  # A clean stop: exit status 0, nothing else runs.
+
+
+def _outputs(config, workdir: str, mode: str) -> list[tuple[str, str]]:
+  """(folder, the flag that sets it) for each folder `mode` writes."""
+  def chosen(key, default):
+    value = config[key.split('.')[0]][key.split('.')[1]]
+    return (value, f'--config.{key}') if value else (default, f'--workdir={workdir}')
+
+  sub = lambda name: (os.path.join(workdir, name), f'--workdir={workdir}')
+  return {
+      'train': [(workdir, f'--workdir={workdir}')],
+      'all': [(workdir, f'--workdir={workdir}'), sub('eval')],
+      'eval': [sub('eval')],
+      'benchmark': [sub('benchmark')],
+      'predict': [chosen('predict.output_dir', os.path.join(workdir, 'predict'))],
+      'export': [chosen('export.output_dir', os.path.join(workdir, 'export'))],
+      'pseudo3d': [chosen('predict.output_dir', workdir)],
+  }.get(mode, [])
+
+
+_INFERENCE_STAGES = ('skeleton_net', 'regressor', 'hourglass')  # predict, export
+
+
+def preflight(config, workdir: str, mode: str) -> None:
+  """Checks, before any work, what would otherwise fail late.
+
+  Args:
+    config: the finalised config.
+    workdir: the experiment directory.
+    mode: the `--mode`.
+
+  Raises:
+    errors.ConfigError: a folder the mode writes is a file or not writable; or
+      the config contradicts the checkpoints the mode resumes or loads (the
+      key, the checkpoint's value and the config's).
+  """
+  for folder, flag in _outputs(config, workdir, mode):
+    problem = files.writable_folder_problem(folder)
+    if problem:
+      raise errors.ConfigError(f'{flag}: {problem}; expected a folder this user can write '
+                               f'(--mode={mode} writes to {folder})')
+  if mode in ('train', 'all'):
+    from deepskeleton_jax.training import train_loop  # pylint: disable=g-import-not-at-top
+    train_loop.check_against_checkpoints(config, workdir,
+                                         tuple(config_lib.stage_list(config)))
+  if mode in ('all', 'eval', 'predict', 'export', 'pseudo3d'):
+    from deepskeleton_jax.experiment import checkpointing  # pylint: disable=g-import-not-at-top
+    from deepskeleton_jax.inference import pipeline  # pylint: disable=g-import-not-at-top
+    loads = {'predict': _INFERENCE_STAGES, 'export': _INFERENCE_STAGES,
+             'pseudo3d': ('lifting',)}.get(mode, pipeline.PIPELINE_STAGES)
+    for stage in loads:
+      checkpointing.check_trained_with(config, workdir, stage)
 
 
 def _prepare(config, workdir):

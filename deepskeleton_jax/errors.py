@@ -9,6 +9,7 @@ still catches it.
 """
 
 import contextlib
+import re
 import sys
 from typing import Iterator
 
@@ -63,12 +64,37 @@ def config_keys_checked(argv: list[str]) -> Iterator[None]:
   try:
     yield
   except (AttributeError, KeyError) as e:
-    key = str(e).strip('"\'')
-    bad = [a for a in argv[1:] if a.startswith('--config.') and
-           key in a.split('=')[0].split('.')]
+    overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
+    missing = _missing_key(e)
+    if missing is None:  # e.g. a key below a value: "Attribute <class 'int'>.x ..."
+      text = _innermost_text(e)
+      flag = next((f for f in overrides if f[len('--config.'):] in text), '--config')
+      raise ConfigError(f'flag {flag}: {text}') from None
+    key, suggestion = missing
+    flag = next((f for f in overrides if key in f.split('.')), '--config.<key>')
+    hint = f"; did you mean '{suggestion}'?" if suggestion else ''
     raise ConfigError(
-        f'flag {bad[0] if bad else "--config.<key>"}: the config has no key {key!r} '
-        '(the config file and its groups define the keys; see --helpfull)') from None
+        f"flag {flag}: the config has no key '{key}'{hint} (the config file and its "
+        'groups define the keys; see --helpfull)') from None
+
+
+def _innermost_text(e: BaseException) -> str:
+  """The message of an exception whose first argument may be the real exception."""
+  while e.args and isinstance(e.args[0], BaseException):
+    e = e.args[0]
+  return str(e.args[0]) if e.args else str(e)
+
+
+def _missing_key(e: BaseException) -> tuple[str, str | None] | None:
+  """(key, suggestion or None) from ml_collections' error for a missing key.
+
+  ml_collections raises `KeyError("'key'\\nDid you mean \"k\" instead of
+  \"key\"?")`, sometimes wrapped in an AttributeError.
+  """
+  text = _innermost_text(e)
+  match = re.fullmatch(r"""'([^'\n]+)'(?:\nDid you mean "([^"]+)" instead of "[^"]+"\?)?""",
+                       text)
+  return (match.group(1), match.group(2)) if match else None
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -8,8 +8,13 @@ RGB person crops, one per crop scale of `model.json`'s `preprocessing`
 (`crop` below makes them from an image array and a person box). OUT.npz gets
 every output under its `model.json` name. This file imports neither flax
 nor deepskeleton_jax: copy it next to the artifact and serve from there.
+
+`model.json` records the size and SHA-256 of `model.jax` ("artifact"); a
+file that does not match (truncated, damaged, from another export) is
+refused with one line, `error: ...`, and exit status 2.
 """
 
+import hashlib
 import json
 import os
 import sys
@@ -19,11 +24,35 @@ import numpy as np
 
 
 def load(export_dir):
-  """Returns (fn: crops -> {name: array}, spec: model.json as a dict)."""
-  with open(os.path.join(export_dir, 'model.json')) as f:
-    spec = json.load(f)
-  with open(os.path.join(export_dir, 'model.jax'), 'rb') as f:
-    exported = jax.export.deserialize(bytearray(f.read()))
+  """Returns (fn: crops -> {name: array}, spec: model.json as a dict).
+
+  Raises:
+    ValueError: model.json is not JSON, or model.jax is not the artifact it
+      describes (size or SHA-256) or not a jax.export artifact.
+    OSError: a file cannot be read.
+  """
+  spec_path = os.path.join(export_dir, 'model.json')
+  with open(spec_path) as f:
+    try:
+      spec = json.load(f)
+    except ValueError as e:
+      raise ValueError(f'{spec_path} is not valid JSON ({e}): export again') from None
+  path = os.path.join(export_dir, 'model.jax')
+  with open(path, 'rb') as f:
+    data = f.read()
+  record = spec.get('artifact')
+  if record is not None:
+    digest = hashlib.sha256(data).hexdigest()
+    if len(data) != record['bytes'] or digest != record['sha256']:
+      raise ValueError(
+          f'{path} has {len(data)} bytes with SHA-256 {digest}, but {spec_path} records '
+          f'{record["bytes"]} bytes with SHA-256 {record["sha256"]}: the file is damaged '
+          'or from another export; export again (python run.py --mode=export)')
+  try:
+    exported = jax.export.deserialize(bytearray(data))
+  except Exception as e:  # pylint: disable=broad-except  # flatbuffers raise many kinds
+    raise ValueError(f'{path} is not a jax.export artifact ({type(e).__name__}: {e}); '
+                     'export again') from None
   names = [o['name'] for o in spec['outputs']]
 
   def fn(crops):
@@ -76,7 +105,11 @@ def to_image(joints_crop, box, spec):
 def main(argv):
   if len(argv) != 4:
     sys.exit(__doc__)
-  fn, _ = load(argv[1])
+  try:
+    fn, _ = load(argv[1])
+  except (OSError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
   outputs = fn(np.load(argv[2]))
   np.savez(argv[3], **outputs)
   print({k: v.shape for k, v in outputs.items()})

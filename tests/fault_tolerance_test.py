@@ -1,10 +1,12 @@
-"""Fault tolerance of training: SIGTERM, SIGKILL (also mid-save), non-finite updates.
+"""Fault tolerance: SIGTERM, SIGKILL (also mid-save), damaged checkpoints, non-finite
+updates, configs that contradict the checkpoints, killed dataset builds.
 
 The preemption tests run real `python run.py --mode=train` processes on
 configs/tiny.py (Direct RGB, the tiny synthetic set built once per module)
 and signal them at chosen or random moments; reruns of the same command must
-resume from the last complete checkpoint and end where an uninterrupted run
-ends, with the same parameters.
+resume from the last complete checkpoint that reads (a damaged newer one is
+skipped) and end where an uninterrupted run ends, with the same parameters
+and each step once in metrics.jsonl.
 """
 
 import json
@@ -14,6 +16,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -21,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from deepskeleton_jax import files
+from deepskeleton_jax.data import registry
 from deepskeleton_jax.training import benchmark as train_benchmark
 from deepskeleton_jax.training import train_step
 from deepskeleton_jax.experiment import checkpointing
@@ -36,21 +41,22 @@ STAGE = 'direct_rgb'
 TIMEOUT_S = 180
 
 # Runs run.py, SIGKILLing itself when it starts writing the iterator position
-# of its second checkpoint (the state of that step is being written).
-_KILL_IN_SECOND_SAVE = """
+# of its N-th checkpoint (the state of that step is being written).
+_KILL_IN_SAVE = """
 import os, runpy, signal, sys
 from deepskeleton_jax.experiment import checkpointing
 original = checkpointing.DataIteratorHandler.save
 calls = []
 def save(self, directory, args):
   calls.append(directory)
-  if len(calls) == 2:
+  if len(calls) == %d:
     os.kill(os.getpid(), signal.SIGKILL)
   return original(self, directory, args)
 checkpointing.DataIteratorHandler.save = save
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name='__main__')
 """
+_KILL_IN_SECOND_SAVE = _KILL_IN_SAVE % 2
 
 
 def _tiny_config(data_dir=None):
@@ -197,28 +203,147 @@ def test_sigkill_anywhere_then_rerun_matches_uninterrupted(data_dir, tmp_path):
       complete, partial = _checkpoints(work)
       assert complete[-1] == before + 1, (complete, partial)
       assert partial, 'the second save was not left half-written'
-    # Each run continued from the last complete checkpoint, step after step.
+    # Each run continued from the last complete checkpoint, step after step,
+    # and metrics.jsonl holds each step once.
     if before:
       assert f'resumed from step {before}' in log.read_text()
-    new = _steps(work)[logged:]
-    assert new == list(range(before + 1, before + 1 + len(new)))
+    steps = _steps(work)
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= before
     assert (_checkpoints(work)[0] or [0])[-1] <= num_steps - 2  # still unfinished
 
   before = _checkpoints(work)[0][-1]
   log = _run(_cmd(work, data_dir, *flags), tmp_path / 'final.log')
   assert f'resumed from step {before}' in log
-  steps = _steps(work)
-  assert steps[-1] == num_steps and sorted(set(steps)) == list(range(1, num_steps + 1))
+  assert _steps(work) == list(range(1, num_steps + 1))
   assert _checkpoints(work) == ([num_steps - 2, num_steps - 1, num_steps], [])
+  _assert_same_variables(work, reference, num_steps)
 
+
+def _assert_same_variables(work, reference, num_steps):
+
+  """Exact resumption: restored state, rng and input position give the same result."""
   got = checkpointing.load_variables(str(work), STAGE)
   want = checkpointing.load_variables(str(reference), STAGE)
   assert got['step'] == want['step'] == num_steps
-  # Exact resumption: restored state, rng and input position give the same result.
   for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(got['variables'])[0],
                           jax.tree_util.tree_leaves(want['variables'])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b),
                                   err_msg=jax.tree_util.keystr(path))
+
+
+def _truncate_newest_chunk(step_dir: pathlib.Path) -> None:
+  """Cuts the largest array file of a checkpoint step in half (a full disk, a cut copy)."""
+  chunk = max((p for p in step_dir.rglob('*') if p.is_file() and p.parent.name == 'd'),
+              key=lambda p: p.stat().st_size)
+  with open(chunk, 'r+b') as f:
+    f.truncate(chunk.stat().st_size // 2)
+
+
+def test_sigkill_in_save_then_truncated_newest_step_resumes_from_the_one_before(
+    data_dir, tmp_path):
+  """Killed while saving step 3, then step 2 damaged: the rerun trains on from step 1."""
+  num_steps = 6
+  flags = _train_flags(num_steps, 1)
+  reference = tmp_path / 'reference'
+  _run(_cmd(reference, data_dir, *_train_flags(num_steps, 1000)), tmp_path / 'reference.log')
+
+  work = tmp_path / 'work'
+  with _Started(_cmd(work, data_dir, *flags, prefix=('-c', _KILL_IN_SAVE % 3)),
+                tmp_path / 'killed.log') as p:
+    assert p.wait() == -signal.SIGKILL, p.text()[-3000:]
+  complete, partial = _checkpoints(work)
+  assert complete == [1, 2] and partial, (complete, partial)
+  assert _steps(work) == [1, 2, 3]
+  _truncate_newest_chunk(pathlib.Path(checkpointing.checkpoint_dir(str(work), STAGE)) / '2')
+
+  log = _run(_cmd(work, data_dir, *flags), tmp_path / 'rerun.log')
+  skipped = [l for l in log.splitlines() if 'skipping checkpoint step' in l]
+  assert len(skipped) == 1 and 'step 2 in ' in skipped[0], log[-3000:]
+  assert 'it does not read completely (' in skipped[0]
+  assert 'resumed from step 1' in log
+  assert _steps(work) == list(range(1, num_steps + 1))
+  assert _checkpoints(work) == ([num_steps - 2, num_steps - 1, num_steps], [])
+  _assert_same_variables(work, reference, num_steps)
+
+
+def _error_lines(out: subprocess.CompletedProcess) -> list[str]:
+  assert out.returncode == 2 and 'Traceback' not in out.stderr, out.stderr[-3000:]
+  return [l for l in out.stderr.splitlines() if l.startswith('error:')]
+
+
+def test_config_contradicting_checkpoints_is_refused_and_eval_skips_a_damaged_step(
+    data_dir, tmp_path):
+  work = tmp_path / 'work'
+  _run(_cmd(work, data_dir, *_train_flags(2, 1)), tmp_path / 'train.log')
+  metrics = (work / STAGE / 'metrics.jsonl').read_text()
+
+  def run(mode, *args):
+    cmd = [a for a in _cmd(work, data_dir, *args) if a != '--mode=train']
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
+               JAX_PLATFORMS='cpu')
+    return subprocess.run(cmd + [f'--mode={mode}'], capture_output=True, text=True,
+                          timeout=TIMEOUT_S, cwd=str(REPO), env=env)
+
+  wider = f'--config.{STAGE}.model.width=8'
+  want = (f'error: config.{STAGE}.model.width=8, but the {STAGE} checkpoints in '
+          f'{work / STAGE / "checkpoints"} were trained with {STAGE}.model.width=4: pass '
+          f'--config.{STAGE}.model.width=4 (or use another workdir)')
+  for mode, args in (('eval', ()), ('train', _train_flags(4, 1))):
+    out = run(mode, wider, *args)
+    # Refused before any work: the error is all the run printed.
+    assert out.stderr.splitlines() == [want] and out.returncode == 2, out.stderr[-3000:]
+  assert _checkpoints(work) == ([1, 2], [])
+  assert (work / STAGE / 'metrics.jsonl').read_text() == metrics
+  assert not (work / 'eval').exists()
+
+  # A workdir from before the record: the shapes tell, in one line.
+  (work / STAGE / 'trained_with.json').unlink()
+  lines = _error_lines(run('eval', wider))
+  assert len(lines) == 1 and 'has batch_stats/' in lines[0], lines
+  assert 'with shape (1, 4), the config gives shape (1, 8)' in lines[0]
+
+  _truncate_newest_chunk(work / STAGE / 'checkpoints' / '2')
+  out = run('eval', '--config.eval.detections=ground_truth')
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f'{STAGE}: skipping checkpoint step 2 in ' in out.stderr
+  assert json.loads((work / 'eval' / 'results.json').read_text())['num_examples'] == 8
+  assert _checkpoints(work) == ([1, 2], [])  # evaluation removes nothing
+
+
+def test_prepare_removes_stale_incomplete_folders_only_when_no_build_runs(tmp_path):
+  """Killed builds leave TFDS's incomplete.* folders; the next build removes those
+  of its own dataset version, and not while another build holds the lock."""
+  config = _tiny_config(tmp_path / 'tfds')
+  builder = registry.get_builder(config.data)
+  parent = pathlib.Path(builder.data_dir).parent
+  version = str(builder.version)
+  stale = parent / f'incomplete.K1LLED_{version}'
+  kept = [parent / 'incomplete.K1LLED_9.9.9', parent / f'incomplete-notes_{version}']
+  for folder in [stale, *kept]:
+    folder.mkdir(parents=True)
+    (folder / 'train.tfrecord-00000-of-00001').write_bytes(b'half')
+
+  root = pathlib.Path(builder.data_dir_root)
+  errors_seen = []
+  build = threading.Thread(target=lambda: _catching(errors_seen, registry.prepare,
+                                                    config.data))
+  with files.exclusive_lock(root / f'.{builder.name}-{version}.build.lock'):
+    build.start()
+    build.join(timeout=3)
+    assert build.is_alive(), errors_seen  # waits for the lock's holder
+    assert stale.is_dir() and not builder.is_prepared()
+  build.join(timeout=TIMEOUT_S)
+  assert not build.is_alive() and not errors_seen, errors_seen
+  assert builder.is_prepared() and len(registry.data_source(config.data, 'train')) == 16
+  assert not stale.exists()
+  assert all(folder.is_dir() for folder in kept)
+
+
+def _catching(errors_seen, fn, *args):
+  try:
+    fn(*args)
+  except Exception as e:  # pylint: disable=broad-except
+    errors_seen.append(e)
 
 
 @pytest.fixture(scope='module')

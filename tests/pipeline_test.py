@@ -54,17 +54,18 @@ def test_hourglass_loaded_with_another_loss_is_refused(trained, tmp_path):
   from deepskeleton_jax.inference import pipeline  # pylint: disable=g-import-not-at-top
   mse, workdir = trained
   assert mse.hourglass.loss == 'mse'  # configs/tiny.py
-  assert json.loads((pathlib.Path(workdir) / 'hourglass' / 'trained_with.json').read_text()) == {
-      'loss': 'mse'}
+  recorded = json.loads((pathlib.Path(workdir) / 'hourglass' / 'trained_with.json').read_text())
+  assert recorded['hourglass.loss'] == 'mse'
   integral = mse.copy_and_resolve_references()
   integral.hourglass.loss = 'integral'
-  with pytest.raises(errors.ConfigError, match=r'config\.hourglass\.loss=.*trained with loss='):
+  with pytest.raises(errors.ConfigError,
+                     match=r"config\.hourglass\.loss='integral'.*trained with hourglass\.loss="):
     pipeline.load_stages(integral, workdir, names=('hourglass',))
   assert 'hourglass' in pipeline.load_stages(mse, workdir, names=('hourglass',))
   # A workdir from before the record existed was trained with MSE.
-  (tmp_path / 'hourglass').mkdir()
+  (tmp_path / 'hourglass' / 'checkpoints' / '3').mkdir(parents=True)
   checkpointing.check_trained_with(mse, str(tmp_path), 'hourglass')
-  with pytest.raises(errors.ConfigError, match="trained with loss='mse'"):
+  with pytest.raises(errors.ConfigError, match="trained with hourglass.loss='mse'"):
     checkpointing.check_trained_with(integral, str(tmp_path), 'hourglass')
   checkpointing.record_trained_with(integral, str(tmp_path), 'hourglass')
   checkpointing.check_trained_with(integral, str(tmp_path), 'hourglass')

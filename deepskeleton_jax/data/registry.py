@@ -40,6 +40,7 @@ import tensorflow_datasets as tfds
 from deepskeleton_jax import datasets as datasets_package
 from deepskeleton_jax import errors
 from deepskeleton_jax.data import example_format
+from deepskeleton_jax import files
 
 # A checkout's datasets/ folder, or the installed package's own (see there).
 DATASETS_DIR = pathlib.Path(os.environ.get('DEEPSKELETON_DATASETS_DIR') or
@@ -282,7 +283,11 @@ def prepare(data_config: Any) -> tfds.core.GeneratorBasedBuilder:
 
   TFDS writes into a temporary `incomplete.*` directory and renames it when
   done; on failure this also removes the directories the attempt created
-  (the config/version directories and an empty `downloads/`).
+  (the config/version directories and an empty `downloads/`). Builds of the
+  same dataset version take turns (a lock file `.<name>-<version>.build.lock`
+  in the data dir, released when its process ends, even by SIGKILL); the
+  build that holds it first removes the `incomplete.*` folders of that
+  version that killed builds left. (Not on gs://: no lock, nothing removed.)
 
   With `data.beam_num_workers` > 0 or `data.beam_options` (see
   `beam_options`), builders that support it generate their examples with
@@ -311,25 +316,43 @@ def prepare(data_config: Any) -> tfds.core.GeneratorBasedBuilder:
                        f'(expected the downloaded files of {builder.name})')
   root = pathlib.Path(builder.data_dir_root)
   dataset_dir = root / builder.name
+  parent = pathlib.Path(builder.data_dir).parent
   watched = [root, root / 'downloads', dataset_dir, dataset_dir / '.config',
-             pathlib.Path(builder.data_dir).parent, pathlib.Path(builder.data_dir)]
+             parent, pathlib.Path(builder.data_dir)]
   existed = {p: p.exists() for p in watched}
-  try:
-    with _package_on_pythonpath(options is not None):
-      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-          manual_dir=manual_dir, beam_options=options))
-  except BaseException as e:
-    for p in reversed(watched):
-      if not existed[p] and p.exists():
-        shutil.rmtree(p, ignore_errors=True)
-    parent = pathlib.Path(builder.data_dir).parent
-    if parent.is_dir():
-      for leftover in parent.glob(f'incomplete.*{builder.version}'):
-        shutil.rmtree(leftover, ignore_errors=True)
-    worker_error = _worker_input_error(e) if options is not None else None
-    if worker_error is not None:
-      raise worker_error from e
-    raise
+  local = '://' not in str(builder.data_dir_root)  # no file locks on gs://
+  if local:
+    root.mkdir(parents=True, exist_ok=True)
+  # One build of a dataset version at a time (processes of this package):
+  # holding the lock, no other build is writing, so TFDS's `incomplete.*`
+  # folders of this version were left by killed builds and can go.
+  with (files.exclusive_lock(root / f'.{builder.name}-{builder.version}.build.lock',
+                             on_wait=lambda: logging.info(
+                                 'waiting for another process building %s', builder.name))
+        if local else contextlib.nullcontext()):
+    if builder.is_prepared():
+      logging.info('%s was built by another process in %s', builder.name, builder.data_dir)
+      return builder
+    stale = re.compile(rf'incomplete\.[A-Z0-9]{{6}}_{re.escape(str(builder.version))}')
+    for leftover in (parent.iterdir() if local and parent.is_dir() else ()):
+      if leftover.is_dir() and stale.fullmatch(leftover.name):
+        logging.info('removing %s, left by an interrupted build', leftover)
+        shutil.rmtree(leftover)
+    try:
+      with _package_on_pythonpath(options is not None):
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            manual_dir=manual_dir, beam_options=options))
+    except BaseException as e:
+      for p in reversed(watched):
+        if not existed[p] and p.exists():
+          shutil.rmtree(p, ignore_errors=True)
+      if parent.is_dir():
+        for leftover in parent.glob(f'incomplete.*{builder.version}'):
+          shutil.rmtree(leftover, ignore_errors=True)
+      worker_error = _worker_input_error(e) if options is not None else None
+      if worker_error is not None:
+        raise worker_error from e
+      raise
   logging.info('%s built in %s', builder.name, builder.data_dir)
   return builder
 

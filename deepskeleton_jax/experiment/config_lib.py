@@ -58,7 +58,7 @@ def train_group(batch_size: int, num_steps: int, learning_rate: float,
       'nonfinite': 'stop',            # 'stop' or 'skip' a non-finite update
       'log_every': 50,
       'checkpoint_every': 500,
-      'keep_checkpoints': 3,
+      'keep_checkpoints': 3,          # the newest N checkpoints are kept; 0 keeps all
       'seed': 0,
   })
   train.update(extra)
@@ -302,6 +302,10 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
            "'step', 'plateau', 'cosine' or 'constant'")
     _check(train.nonfinite in ('stop', 'skip'), f'{stage}.train.nonfinite',
            train.nonfinite, "'stop' or 'skip'")
+    for key in ('log_every', 'checkpoint_every'):
+      _check(train[key] > 0, f'{stage}.train.{key}', train[key], 'a positive number of steps')
+    _check(train.keep_checkpoints >= 0, f'{stage}.train.keep_checkpoints',
+           train.keep_checkpoints, 'how many of the newest checkpoints to keep (0: all)')
     dtype = config[stage].model.get('dtype', 'float32')
     _check(dtype in ('float32', 'bfloat16'), f'{stage}.model.dtype', dtype,
            "'float32' or 'bfloat16'")
@@ -311,6 +315,10 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _check(config[stage].loss in ('euclidean', 'distance'), f'{stage}.loss',
            config[stage].loss, "'euclidean' or 'distance'")
   _check(config.ensemble.num_runs >= 1, 'ensemble.num_runs', config.ensemble.num_runs, '>= 1')
+  _check(config.eval.batch_size > 0, 'eval.batch_size', config.eval.batch_size,
+         'a positive integer')
+  _check(config.eval.max_examples >= 0, 'eval.max_examples', config.eval.max_examples,
+         'a number of examples (0: the whole split)')
   _check(config.parallel.hyp_map in ('auto', 'vmap', 'loop'), 'parallel.hyp_map',
          config.parallel.hyp_map, "'auto', 'vmap' or 'loop'")
   _check(config.regressor.input in ('gt', 'predicted'), 'regressor.input',

@@ -13,9 +13,10 @@ writes `WORKDIR/export/` (or `config.export.output_dir`):
   both). StableHLO with jax.export's compatibility guarantees: a later jax
   deserializes and runs it.
 - `model.json`: the inputs and outputs in call order (`name`, `shape` with
-  "b" for the batch dimension, `dtype`), and the preprocessing a caller must
+  "b" for the batch dimension, `dtype`), the preprocessing a caller must
   reproduce (crop size and scales, pixel convention, the normalisation the
-  artifact applies itself).
+  artifact applies itself), and `artifact`: model.jax's size in bytes and
+  SHA-256, which `examples/serve_exported.py` checks before deserializing.
 
 Serving needs only `jax` and `numpy` (see `examples/serve_exported.py`):
 
@@ -25,6 +26,7 @@ Serving needs only `jax` and `numpy` (see `examples/serve_exported.py`):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any
@@ -157,13 +159,33 @@ def export(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
   except ImportError as e:  # jax imports flatbuffers only to serialize
     raise errors.UserError(f'--mode=export cannot serialize the artifact ({e}): '
                            'pip install flatbuffers (see requirements.txt)') from None
-  out_dir = config.export.output_dir or os.path.join(workdir, 'export')
+  spec = describe(config, exported, {k: v['step'] for k, v in loaded.items()})
+  paths = write_artifact(config.export.output_dir or os.path.join(workdir, 'export'),
+                         bytes(data), spec)
+  logging.info('export: %s (%.1f MB, platforms %s, stages %s) and %s', paths['model'],
+               len(data) / 1e6, ', '.join(platforms), spec['stages'], paths['spec'])
+  return paths
+
+
+def write_artifact(out_dir: str, data: bytes, spec: dict[str, Any]) -> dict[str, str]:
+  """Writes `model.jax` and then `model.json`, which records its size and SHA-256.
+
+  Each file is written atomically; a kill between the two leaves a model.json
+  whose record the new model.jax does not match, which the loader refuses.
+
+  Args:
+    out_dir: the folder (created if needed).
+    data: the serialized artifact.
+    spec: the `describe` record; gets an 'artifact' entry.
+
+  Returns:
+    {'model': path of model.jax, 'spec': path of model.json}.
+  """
   os.makedirs(out_dir, exist_ok=True)
   paths = {'model': os.path.join(out_dir, 'model.jax'),
            'spec': os.path.join(out_dir, 'model.json')}
-  spec = describe(config, exported, {k: v['step'] for k, v in loaded.items()})
-  files.write_bytes(paths['model'], bytes(data))
+  spec['artifact'] = {'file': 'model.jax', 'bytes': len(data),
+                      'sha256': hashlib.sha256(data).hexdigest()}
+  files.write_bytes(paths['model'], data)
   files.write_text(paths['spec'], json.dumps(spec, indent=1))
-  logging.info('export: %s (%.1f MB, platforms %s, stages %s) and %s', paths['model'],
-               len(data) / 1e6, ', '.join(platforms), spec['stages'], paths['spec'])
   return paths

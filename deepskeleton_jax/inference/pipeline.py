@@ -16,6 +16,7 @@ from typing import Any
 
 from absl import logging
 import chex
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -23,6 +24,7 @@ from deepskeleton_jax import errors
 from deepskeleton_jax.inference import matching
 from deepskeleton_jax.experiment import checkpointing
 from deepskeleton_jax.experiment import stages as stages_lib
+from deepskeleton_jax.models import hypotheses
 
 PIPELINE_STAGES = ('skeleton_net', 'regressor', 'direct_rgb', 'ensemble', 'hourglass')
 
@@ -39,13 +41,18 @@ def load_stages(config: ml_collections.ConfigDict, workdir: str,
     required: stages without which the caller cannot work.
 
   Returns:
-    {name: {'stage': Stage, 'variables', 'norm', 'step'}} for the stages found.
+    {name: {'stage': Stage, 'variables', 'norm', 'step'}} for the stages found,
+    each from its newest checkpoint step that reads completely.
 
   Raises:
     errors.CheckpointNotFoundError: a required stage has no checkpoint.
     errors.ConfigError: a stage was trained with settings `config` contradicts
-      (`checkpointing.check_trained_with`).
+      (`checkpointing.check_trained_with`, before anything is loaded; or, for
+      a workdir without the record, variables of other shapes).
+    errors.InputError: no checkpoint step of a stage reads.
   """
+  for name in names:
+    checkpointing.check_trained_with(config, workdir, name)
   out = {}
   for name in names:
     try:
@@ -55,8 +62,13 @@ def load_stages(config: ml_collections.ConfigDict, workdir: str,
         raise
       logging.info('%s', e)
       continue
-    checkpointing.check_trained_with(config, workdir, name)
-    out[name] = {'stage': stages_lib.build(config, name), **loaded}
+    stage = stages_lib.build(config, name)
+    expected = jax.eval_shape(lambda s=stage: hypotheses.init_stacked(
+        s.model, jax.random.PRNGKey(0), s.num_hyps, s.dummy_input, train=False))
+    checkpointing.check_shapes(name, f'step {loaded["step"]} in '
+                               f'{checkpointing.checkpoint_dir(workdir, name)}',
+                               loaded['variables'], expected)
+    out[name] = {'stage': stage, **loaded}
   return out
 
 

@@ -2,8 +2,11 @@
 
 Non-finite updates are never applied (policy: stop or skip); the plateau
 schedule decays the rate when the loss on a fixed subset of the validation
-split (`data.val_split`, never the test split) stops improving. Orbax checkpoints every N steps, at the end and on SIGTERM; rerunning the same
-command resumes from the latest step with the input pipeline where it was.
+split (`data.val_split`, never the test split) stops improving. Orbax
+checkpoints every N steps, at the end and on SIGTERM; rerunning the same
+command resumes from the newest step that reads completely (a damaged newer
+step is logged and removed), with the input pipeline where it was and
+`metrics.jsonl` cut back to that step.
 """
 
 from __future__ import annotations
@@ -187,6 +190,7 @@ def train_stage(config: ml_collections.ConfigDict, workdir: str, stage_name: str
 
 def _train_stage(config, workdir, stage_name, preempt):
   """`train_stage` with the SIGTERM flag already installed."""
+  check_against_checkpoints(config, workdir, (stage_name,))
   stage = stages_lib.build(config, stage_name)
   tcfg = config[stage_name].train
   if stage_name == 'skeleton_net':
@@ -199,17 +203,36 @@ def _train_stage(config, workdir, stage_name, preempt):
     aux = jax.device_put(aux, parallel.replicated(mesh))
   iterator = train_iterator(config, stage_name, parallel.data_shard(mesh))
   mngr = checkpointing.manager(workdir, stage_name, tcfg.keep_checkpoints)
-  if mngr.latest_step() is not None:  # resuming: the same settings
-    checkpointing.check_trained_with(config, workdir, stage_name)
-  checkpointing.record_trained_with(config, workdir, stage_name)
   state, state_sharding = _initial_state(config, stage, mesh, mngr, iterator)
-  writer = metric_writer.MetricWriter(f'{workdir}/{stage_name}')
+  # After the restore: a workdir from before the record gets it only once its
+  # checkpoint is known to fit the config.
+  checkpointing.record_trained_with(config, workdir, stage_name)
+  writer = metric_writer.MetricWriter(f'{workdir}/{stage_name}', start_step=int(state.step))
   try:
     return _loop(config, stage, state, state_sharding, aux, mesh, iterator, mngr, writer,
                  preempt)
   finally:
     writer.close()
     mngr.close()
+
+
+def check_against_checkpoints(config: ml_collections.ConfigDict, workdir: str,
+                              stage_names: tuple[str, ...]) -> None:
+  """Refuses a config that contradicts the checkpoints the stages resume or use.
+
+  Args:
+    config: the experiment config.
+    workdir: the experiment directory.
+    stage_names: the stages to train (the stages they need are checked too).
+
+  Raises:
+    errors.ConfigError: naming the key, the checkpoint's value and the config's.
+  """
+  for name in stage_names:
+    checkpointing.check_trained_with(config, workdir, name)
+    needs = stages_lib.build(config, name).needs
+    if needs:
+      checkpointing.check_trained_with(config, workdir, needs)
 
 
 def check_depth(config: ml_collections.ConfigDict, sample: int = 512) -> None:
@@ -249,13 +272,13 @@ def _initial_state(config, stage, mesh, mngr, iterator):
   abstract_state = jax.eval_shape(lambda v, r: train_step.create_state(v, tx, norm_shape, r),
                                   abstract_vars, state_rng)
   state_sharding = parallel.state_sharding(mesh, abstract_state)
-  latest = mngr.latest_step()
-  if latest is not None:
-    target = jax.tree_util.tree_map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        abstract_state, state_sharding)
-    state = checkpointing.restore(mngr, latest, target, iterator)
-    logging.info('%s: resumed from step %d (%s)', stage.name, latest, mngr.directory)
+  target = jax.tree_util.tree_map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract_state, state_sharding)
+  restored = checkpointing.restore(mngr, stage.name, target, iterator)
+  if restored is not None:
+    step, state = restored
+    logging.info('%s: resumed from step %d (%s)', stage.name, step, mngr.directory)
     return state, state_sharding
   norm = pose_norm(config) if stage.pose_norm else norm_shape
   # Not under an outer jit: init_stacked compiles one hypothesis' init once.
