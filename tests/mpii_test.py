@@ -262,3 +262,49 @@ def test_skeleton_net_refuses_examples_without_depth(json_build, tiny_data_dir, 
   with pytest.raises(errors.ConfigError, match='pseudo_3d_file') as e:
     train_loop.train_stage(config, '/nonexistent/workdir', 'skeleton_net')
   assert 'of 4 sampled training examples have no 3D joints' in str(e.value)
+
+
+def _transposed(entry):
+  return dict(entry, joints=np.asarray(entry['joints']).T.tolist())
+
+
+@pytest.mark.parametrize('change, message', [
+    (_transposed, r"person 2 \(image '.*\.jpg'\): joints has shape \[2, 16\]; "
+                  r'expected \[16, 2\]'),
+    (lambda e: dict(e, joints_vis=e['joints_vis'][:15]),
+     r'person 2 .*: joints_vis has shape \[15\]; expected \[16\]'),
+    (lambda e: dict(e, center=[e['center']]),
+     r'person 2 .*: center has shape \[1, 2\]; expected \[2\]'),
+    (lambda e: dict(e, scale='4.7'), r"person 2 .*: scale is '4.7'; expected a number"),
+    (lambda e: dict(e, scale=[4.7]), r'person 2 .*: scale has shape \[1\]; expected a number'),
+    (lambda e: dict(e, joints=None), r'person 2 .*: joints is None; expected \[16, 2\]'),
+    (lambda e: dict(e, image=7), r'person 2: image is 7; expected the image file name'),
+    (lambda e: {k: v for k, v in e.items() if k != 'center'},
+     r"person 2 \(entry 2 of the list\) lacks \['center'\]"),
+])
+def test_json_fields_of_the_wrong_shape_are_refused_naming_the_person(
+    tmp_path, change, message):
+  """Nothing is transposed or reshaped to fit: one line names file, person, field."""
+  entries = [dict(image=f'{i}.jpg', center=[50.0, 60.0], scale=1.0,
+                  joints=[[10.0 + j, 20.0] for j in range(16)], joints_vis=[1] * 16)
+             for i in range(4)]
+  entries[2] = change(entries[2])
+  path = tmp_path / 'train.json'
+  path.write_text(json.dumps(entries))
+  with pytest.raises(errors.InputError, match=message) as info:
+    mpii.read_json(path)
+  assert str(info.value).startswith(f'{path}: ') and '\n' not in str(info.value)
+
+
+def test_zero_byte_image_is_skipped_by_a_default_build(shared_data, tmp_path, caplog):
+  root = tmp_path / 'm'
+  annotations = mpii_release.copy_json_release(shared_data, root)
+  empty = root / 'images' / annotations[1]['image']
+  empty.write_bytes(b'')
+  with caplog.at_level(logging.WARNING):
+    builder = _build(root, tmp_path / 'skip', crop_size=32)
+  assert builder.info.metadata['skipped_files'] == [str(empty)]
+  assert f'skipping {empty} (strict=False): empty file (0 bytes)' in caplog.text
+  assert len(_examples(builder, 'validation')) == len(annotations) - 1
+  with pytest.raises(errors.InputError, match=f'{empty}: empty file'):
+    _build(root, tmp_path / 'strict', crop_size=32, strict=True)

@@ -64,6 +64,7 @@ import dataclasses
 import functools
 import json
 import pathlib
+import reprlib
 from typing import Any, Iterator
 
 from absl import logging
@@ -137,7 +138,14 @@ class Person:
 
 
 def read_json(path: pathlib.Path) -> list[Person]:
-  """Reads a common-format JSON annotation file (1-based coordinates)."""
+  """Reads a common-format JSON annotation file (1-based coordinates).
+
+  Raises:
+    errors.InputError: naming the file, and the person (its 0-based entry
+      index) and field, when the file is not a JSON list of persons with
+      `image` (a name), `center` [2], `scale` (a number), `joints` [16, 2] and
+      `joints_vis` [16]. Nothing is transposed or reshaped to fit.
+  """
   try:
     entries = json.loads(path.read_text())
   except (OSError, ValueError) as e:
@@ -146,26 +154,45 @@ def read_json(path: pathlib.Path) -> list[Person]:
     raise errors.InputError(f'{path}: expected a JSON list of persons')
   counts = collections.Counter()
   persons = []
-  for k, a in enumerate(entries):
-    need = ('image', 'center', 'scale', 'joints', 'joints_vis')
-    lacking = [f for f in need if not isinstance(a, dict) or f not in a]
-    if lacking:
-      raise errors.InputError(f'{path}: entry {k} lacks {lacking} (expected the keys '
-                       f'{need})')
-    try:
-      joints = np.asarray(a['joints'], np.float64).reshape(K, 2)
-      visible = np.asarray(a['joints_vis'], np.float64).reshape(K) > 0
-      center = np.asarray(a['center'], np.float64).reshape(2)
-      scale = float(a['scale'])
-    except (TypeError, ValueError) as e:
-      raise errors.InputError(f'{path}: entry {k}: expected joints (16, 2), '
-                       f'joints_vis (16,), center (2,), scale ({e})') from e
-    image = str(a['image'])
+  for k, entry in enumerate(entries):
+    image, center, scale, joints, visible = _json_fields(path, k, entry)
     persons.append(Person(image, counts[image], center - 0.5, scale,
                           joints[skeleton.MPII_TO_SKELETON] - 0.5,
-                          visible[skeleton.MPII_TO_SKELETON]))
+                          visible[skeleton.MPII_TO_SKELETON] > 0))
     counts[image] += 1
   return persons
+
+
+_JSON_SHAPES = {'center': (2,), 'scale': (), 'joints': (K, 2), 'joints_vis': (K,)}
+
+
+def _json_fields(path: pathlib.Path, k: int, entry: Any) -> tuple:
+  """(image, center [2], scale, joints [16, 2], joints_vis [16]) of entry `k`."""
+  need = ('image',) + tuple(_JSON_SHAPES)
+  lacking = [f for f in need if not isinstance(entry, dict) or f not in entry]
+  if lacking:
+    raise errors.InputError(f'{path}: person {k} (entry {k} of the list) lacks '
+                            f'{lacking}; expected the keys {need}')
+  image = entry['image']
+  if not isinstance(image, str) or not image.strip():
+    raise errors.InputError(f'{path}: person {k}: image is {reprlib.repr(image)}; expected the '
+                            'image file name (a string)')
+  values = []
+  for field, shape in _JSON_SHAPES.items():
+    where = f'{path}: person {k} (image {image!r}): {field}'
+    expected = f'expected {list(shape) or "a number"} (numbers)'
+    try:
+      value = np.asarray(entry[field])
+    except ValueError:  # ragged nested lists
+      value = np.asarray(None)
+    kinds = 'iufb' if field == 'joints_vis' else 'iuf'  # 0/1 or true/false flags
+    if value.dtype.kind not in kinds:
+      raise errors.InputError(f'{where} is {reprlib.repr(entry[field])}; {expected}')
+    if value.shape != shape:
+      raise errors.InputError(f'{where} has shape {list(value.shape)}; {expected}')
+    values.append(value.astype(np.float64))
+  center, scale, joints, visible = values
+  return image, center, float(scale), joints, visible
 
 
 def _empty(x) -> bool:
@@ -429,10 +456,10 @@ def process_shard(cfg: MpiiConfig, unit: ImageShard) -> Iterator[tuple]:
       try:
         image = image_ops.read_image(path)
       except errors.InputError as e:
+        reason = str(e).removeprefix(f'{path}: ')
         if cfg.strict:
-          raise build_units.BadFileError(path, str(e).removeprefix(f'{path}: ')
-                                         ) from e
-        logging.warning('skipping %s (strict=False): %s', path, e)
+          raise build_units.BadFileError(path, reason) from e
+        logging.warning('skipping %s (strict=False): %s', path, reason)
         yield build_units.side(build_units.SKIPPED, str(path))
         image = None
     if image is None:
