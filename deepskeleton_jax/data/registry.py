@@ -302,12 +302,7 @@ def prepare(data_config: Any) -> tfds.core.GeneratorBasedBuilder:
     logging.info('%s already built in %s', builder.name, builder.data_dir)
     return builder
   options = beam_options(data_config)
-  manual_dir = getattr(data_config, 'manual_dir', None) or None
-  if manual_dir:
-    manual_dir = os.path.expanduser(manual_dir)
-    if not os.path.isdir(manual_dir):
-      raise errors.ConfigError(f'data.manual_dir: {manual_dir} is not a directory '
-                       f'(expected the downloaded files of {builder.name})')
+  manual_dir = _manual_dir(builder, data_config)
   root = pathlib.Path(builder.data_dir_root)
   dataset_dir = root / builder.name
   watched = [root, root / 'downloads', dataset_dir, dataset_dir / '.config',
@@ -331,6 +326,34 @@ def prepare(data_config: Any) -> tfds.core.GeneratorBasedBuilder:
     raise
   logging.info('%s built in %s', builder.name, builder.data_dir)
   return builder
+
+
+def _manual_dir(builder: tfds.core.DatasetBuilder, data_config: Any) -> str | None:
+  """`data.manual_dir` checked: a folder, or None where the builder needs none.
+
+  A builder with manual download instructions and no `manual_dir` reads TFDS's
+  default, `<data_dir>/downloads/manual`, when that holds files.
+
+  Raises:
+    errors.ConfigError: one line naming `config.data.manual_dir` and what the
+      builder expects there.
+  """
+  manual_dir = str(getattr(data_config, 'manual_dir', None) or '').strip()
+  instructions = getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None)
+  expected = (f'the folder of the manually downloaded files of {builder.name}'
+              + (f' ({instructions.strip().splitlines()[0].rstrip(":")})'
+                 if instructions else ''))
+  if manual_dir:
+    manual_dir = os.path.expanduser(manual_dir)
+    if not os.path.isdir(manual_dir):
+      raise errors.ConfigError(f'config.data.manual_dir: {manual_dir} is not a directory; '
+                               f'expected {expected}')
+    return manual_dir
+  default = pathlib.Path(builder.data_dir_root) / 'downloads' / 'manual'
+  if instructions and not (default.is_dir() and any(default.iterdir())):
+    raise errors.ConfigError(f'config.data.manual_dir is empty: expected {expected}, '
+                             'e.g. --config.data.manual_dir=/data/' + builder.name)
+  return None
 
 
 @contextlib.contextmanager
