@@ -338,9 +338,7 @@ def process_video(cfg: Human36mConfig, unit: Video) -> Iterator[tuple]:
     except build_units.BadFileError as e:
       if cfg.strict:
         raise
-      logging.warning('skipping the check of %s (strict=False): %s', e.path,
-                      e.reason)
-      yield build_units.side(build_units.SKIPPED, e.path)
+      yield build_units.skip(e.path, f'{e.reason} (its check is skipped)')
   frames = np.arange(0, num_poses, unit.every)
   first_held_out = len(frames) - num_held_out(len(frames), unit.holdout_fraction)
   joints_3d = cam.world_to_camera(world[frames][:, skeleton.H36M32_TO_SKELETON])

@@ -459,8 +459,7 @@ def process_shard(cfg: MpiiConfig, unit: ImageShard) -> Iterator[tuple]:
         reason = str(e).removeprefix(f'{path}: ')
         if cfg.strict:
           raise build_units.BadFileError(path, reason) from e
-        logging.warning('skipping %s (strict=False): %s', path, reason)
-        yield build_units.side(build_units.SKIPPED, str(path))
+        yield build_units.skip(path, reason)
         image = None
     if image is None:
       continue
