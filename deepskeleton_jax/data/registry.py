@@ -39,13 +39,13 @@ import tensorflow_datasets as tfds
 
 from deepskeleton_jax import datasets as datasets_package
 from deepskeleton_jax import errors
+from deepskeleton_jax.data import builder_options
 
 # A checkout's datasets/ folder, or the installed package's own (see there).
 DATASETS_DIR = pathlib.Path(os.environ.get('DEEPSKELETON_DATASETS_DIR') or
                             next(iter(datasets_package.__path__)))
 PREPARE_COMMAND = 'python run.py --mode=prepare --config=<your config file and overrides>'
 _LOAD_LOCK = threading.RLock()
-_BASE_FIELDS = frozenset(f.name for f in dataclasses.fields(tfds.core.BuilderConfig))
 
 
 def available() -> list[str]:
@@ -111,32 +111,6 @@ def _format_value(value: Any) -> str:
   return ''.join(c if c.isalnum() or c in '.-' else '_' for c in text)
 
 
-def _coerce(key: str, default: Any, value: Any) -> Any:
-  """Converts an override to the type of the field's default value."""
-  def fail():
-    return errors.ConfigError(f'data.builder_kwargs.{key}: expected a value like '
-                      f'{default!r} ({type(default).__name__}), got {value!r}')
-  if isinstance(default, bool):
-    if not isinstance(value, bool):
-      raise fail()
-  elif isinstance(default, int):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-      raise fail()
-    value = int(value)
-  elif isinstance(default, float):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-      raise fail()
-    value = float(value)
-  elif isinstance(default, str):
-    if not isinstance(value, str):
-      raise fail()
-  elif isinstance(default, tuple):
-    if not isinstance(value, (list, tuple)):
-      raise fail()
-    value = tuple(value)
-  return value
-
-
 def make_config(cls: type[tfds.core.GeneratorBasedBuilder],
                 builder_kwargs: Any) -> tfds.core.BuilderConfig:
   """The builder config for `builder_kwargs` (the default config if empty).
@@ -155,15 +129,10 @@ def make_config(cls: type[tfds.core.GeneratorBasedBuilder],
   if not cls.BUILDER_CONFIGS:
     raise ValueError(f'{cls.__name__}.BUILDER_CONFIGS is empty')
   default = cls.BUILDER_CONFIGS[0]
-  options = {f.name: getattr(default, f.name) for f in dataclasses.fields(default)
-             if f.name not in _BASE_FIELDS}
   changed = {}
   for key, value in sorted(to_dict(builder_kwargs).items()):
-    if key not in options:
-      raise errors.ConfigError(f'data.builder_kwargs.{key}: not an option of {cls.name}; '
-                       f'options: {sorted(options)}')
-    value = _coerce(key, options[key], value)
-    if value != options[key]:
+    value = builder_options.option_value(cls, key, value, where=f'data.builder_kwargs.{key}')
+    if value != getattr(default, key):
       changed[key] = value
   if not changed:
     return default
@@ -177,6 +146,28 @@ def make_config(cls: type[tfds.core.GeneratorBasedBuilder],
   fields.update(changed, name=name,
                 description=f'{default.description or default.name} Overrides: {changed}')
   return type(default)(**fields)
+
+
+def set_builder_flags(data_config: Any, flags: list[tuple[str, str]]) -> None:
+  """Sets `--config.data.builder_kwargs[.<name>]` flags in `data_config.builder_kwargs`.
+
+  Any option of the builder `data_config.name` can be set, whether the config
+  file sets it or not; the dict form merges (see `builder_options`).
+
+  Args:
+    data_config: `config.data` (locked or not).
+    flags: (flag name, text) pairs from `config_lib.take_builder_flags`.
+
+  Raises:
+    errors.ConfigError: an unknown option (naming the valid ones) or a value of
+      the wrong type, naming the flag.
+  """
+  values = builder_options.parse_flags(builder_class(data_config.name), flags)
+  with data_config.unlocked():
+    for name, value in values.items():
+      if name in data_config.builder_kwargs:  # its type may differ (1 for 1.0)
+        del data_config.builder_kwargs[name]
+      data_config.builder_kwargs[name] = value
 
 
 def get_builder(data_config: Any) -> tfds.core.GeneratorBasedBuilder:
