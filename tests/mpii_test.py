@@ -18,6 +18,7 @@ from deepskeleton_jax.data import registry
 from deepskeleton_jax.geometry import camera
 
 mpii = registry.load_module('mpii')
+mpii_annotations = registry.load_module('mpii', 'mpii_annotations')
 
 
 def _build(manual_dir, data_dir, **kwargs):
@@ -228,7 +229,7 @@ def test_bad_joints_rejected_and_corrupt_images_skipped_or_strict(
 
 
 def test_holdout_is_every_20th_training_image_with_all_its_persons():
-  persons = [mpii.Person(f'{i:03d}.jpg', k, np.zeros(2), 1.0, np.zeros((16, 2)),
+  persons = [mpii_annotations.Person(f'{i:03d}.jpg', k, np.zeros(2), 1.0, np.zeros((16, 2)),
                          np.ones(16, bool)) for i in range(45) for k in range(1 + i % 3)]
   images = list(dict.fromkeys(p.image for p in persons))
   train, holdout = mpii.split_holdout(persons, 20)
@@ -292,7 +293,7 @@ def test_json_fields_of_the_wrong_shape_are_refused_naming_the_person(
   path = tmp_path / 'train.json'
   path.write_text(json.dumps(entries))
   with pytest.raises(errors.InputError, match=message) as info:
-    mpii.read_json(path)
+    mpii_annotations.read_json(path)
   assert str(info.value).startswith(f'{path}: ') and '\n' not in str(info.value)
 
 

@@ -52,6 +52,8 @@ Beam (`--config.data.beam_num_workers=N` or `--config.data.beam_options=...`,
 see `registry.prepare`): one unit of work per shard of `_IMAGES_PER_UNIT`
 consecutive images; the same examples as the sequential build.
 
+The annotation files are read (and checked) by `mpii_annotations.py`.
+
 Pseudo-3D (optional): `pseudo_3d_file`, an .npz (path relative to
 `manual_dir`, or absolute) with one [16, 3] millimetre array per person keyed
 '<image name>#<person index>', the person index being the stored `frame`
@@ -62,24 +64,18 @@ the annotation file). Persons without an entry get has_3d False.
 import collections
 import dataclasses
 import functools
-import json
 import pathlib
-import reprlib
 from typing import Any, Iterator
 
 from absl import logging
-import h5py
 import numpy as np
-import scipy.io
 import tensorflow_datasets as tfds
 
 from deepskeleton_jax import errors
 from deepskeleton_jax.data import build_units
 from deepskeleton_jax.data import example_format
 from deepskeleton_jax.data import image_ops
-from deepskeleton_jax.geometry import skeleton
-
-K = skeleton.NUM_JOINTS
+from . import mpii_annotations
 
 _LAYOUT = """\
 <manual_dir>/
@@ -125,186 +121,6 @@ class MpiiConfig(tfds.core.BuilderConfig):
         raise errors.ConfigError(f'{f} must be positive, got {getattr(self, f)}')
 
 
-@dataclasses.dataclass
-class Person:
-  """One annotated person, continuous pixel coordinates."""
-  image: str
-  person: int
-  center: np.ndarray  # [2] annotated centre (objpos), not shifted.
-  scale: float
-  joints: np.ndarray  # [16, 2]
-  visible: np.ndarray  # [16] bool
-  head_size: float = 0.0
-
-
-def read_json(path: pathlib.Path) -> list[Person]:
-  """Reads a common-format JSON annotation file (1-based coordinates).
-
-  Raises:
-    errors.InputError: naming the file, and the person (its 0-based entry
-      index) and field, when the file is not a JSON list of persons with
-      `image` (a name), `center` [2], `scale` (a number), `joints` [16, 2] and
-      `joints_vis` [16]. Nothing is transposed or reshaped to fit.
-  """
-  try:
-    entries = json.loads(path.read_text())
-  except (OSError, ValueError) as e:
-    raise errors.InputError(f'{path}: not a readable JSON file ({e})') from e
-  if not isinstance(entries, list):
-    raise errors.InputError(f'{path}: expected a JSON list of persons')
-  counts = collections.Counter()
-  persons = []
-  for k, entry in enumerate(entries):
-    image, center, scale, joints, visible = _json_fields(path, k, entry)
-    persons.append(Person(image, counts[image], center - 0.5, scale,
-                          joints[skeleton.MPII_TO_SKELETON] - 0.5,
-                          visible[skeleton.MPII_TO_SKELETON] > 0))
-    counts[image] += 1
-  return persons
-
-
-_JSON_SHAPES = {'center': (2,), 'scale': (), 'joints': (K, 2), 'joints_vis': (K,)}
-
-
-def _json_fields(path: pathlib.Path, k: int, entry: Any) -> tuple:
-  """(image, center [2], scale, joints [16, 2], joints_vis [16]) of entry `k`."""
-  need = ('image',) + tuple(_JSON_SHAPES)
-  lacking = [f for f in need if not isinstance(entry, dict) or f not in entry]
-  if lacking:
-    raise errors.InputError(f'{path}: person {k} (entry {k} of the list) lacks '
-                            f'{lacking}; expected the keys {need}')
-  image = entry['image']
-  if not isinstance(image, str) or not image.strip():
-    raise errors.InputError(f'{path}: person {k}: image is {reprlib.repr(image)}; expected the '
-                            'image file name (a string)')
-  values = []
-  for field, shape in _JSON_SHAPES.items():
-    where = f'{path}: person {k} (image {image!r}): {field}'
-    expected = f'expected {list(shape) or "a number"} (numbers)'
-    try:
-      value = np.asarray(entry[field])
-    except ValueError:  # ragged nested lists
-      value = np.asarray(None)
-    kinds = 'iufb' if field == 'joints_vis' else 'iuf'  # 0/1 or true/false flags
-    if value.dtype.kind not in kinds:
-      raise errors.InputError(f'{where} is {reprlib.repr(entry[field])}; {expected}')
-    if value.shape != shape:
-      raise errors.InputError(f'{where} has shape {list(value.shape)}; {expected}')
-    values.append(value.astype(np.float64))
-  center, scale, joints, visible = values
-  return image, center, float(scale), joints, visible
-
-
-def _empty(x) -> bool:
-  return x is None or (isinstance(x, np.ndarray) and x.size == 0)
-
-
-def person_from_rect(image: str, index: int, rect) -> Person | None:
-  """A Person from a .mat `annorect` entry, or None without annotations."""
-  scale, objpos = getattr(rect, 'scale', None), getattr(rect, 'objpos', None)
-  annopoints = getattr(rect, 'annopoints', None)
-  if _empty(scale) or _empty(objpos) or _empty(annopoints):
-    return None
-  points = getattr(annopoints, 'point', None)
-  if _empty(points):
-    return None
-  joints = np.zeros((K, 2))
-  visible = np.zeros(K, bool)
-  for p in np.atleast_1d(points):
-    j = skeleton.MPII_TO_SKELETON[int(p.id)]
-    joints[j] = (float(p.x) - 0.5, float(p.y) - 0.5)
-    visible[j] = True
-  head_size = 0.0
-  if all(not _empty(getattr(rect, f, None)) for f in ('x1', 'y1', 'x2', 'y2')):
-    head_size = 0.6 * float(np.hypot(float(rect.x2) - float(rect.x1),
-                                     float(rect.y2) - float(rect.y1)))
-  center = np.array([float(objpos.x), float(objpos.y)]) - 0.5
-  return Person(image, index, center, float(scale), joints, visible, head_size)
-
-
-def read_mat(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
-  """Reads the official .mat: (annolist [N] of structs, img_train [N])."""
-  try:
-    mat = scipy.io.loadmat(str(path), struct_as_record=False, squeeze_me=True)
-    release = mat['RELEASE']
-    return (np.atleast_1d(release.annolist),
-            np.atleast_1d(np.asarray(release.img_train)).astype(int))
-  except Exception as e:  # pylint: disable=broad-except
-    # scipy raises many kinds of errors on damaged files; name the file.
-    raise errors.InputError(f'{path}: not the MPII annotation .mat (a struct RELEASE '
-                     f'with annolist and img_train) ({type(e).__name__}: {e})'
-                     ) from e
-
-
-def read_valid_h5(path: pathlib.Path) -> dict[str, np.ndarray]:
-  """Reads a hourglass-format valid.h5 (index, person, imgname, part, normalize)."""
-  try:
-    with h5py.File(path, 'r') as f:
-      out = {k: f[k][()] for k in ('index', 'person', 'imgname', 'part',
-                                   'normalize')}
-  except (OSError, KeyError) as e:
-    raise errors.InputError(f'{path}: expected an HDF5 file with index, person, '
-                     f'imgname, part, normalize ({e})') from e
-  out['imgname'] = np.array([n.decode() if isinstance(n, bytes) else str(n)
-                             for n in out['imgname']])
-  return out
-
-
-def mat_persons(annolist: np.ndarray, img_train: np.ndarray,
-                valid: dict[str, np.ndarray], mat_path: pathlib.Path,
-                valid_path: pathlib.Path) -> tuple[list[Person], list[Person]]:
-  """(train, validation) persons of the .mat route."""
-  valid_pairs = [(int(i), int(p)) for i, p in zip(valid['index'],
-                                                  valid['person'])]
-  validation = []
-  for i, p in valid_pairs:
-    rects = np.atleast_1d(annolist[i].annorect) if i < len(annolist) else []
-    person = (person_from_rect(annolist[i].image.name, p, rects[p])
-              if p < len(rects) else None)
-    if person is None:
-      raise errors.InputError(f'{valid_path}: image {i} person {p} has no annotated '
-                       f'person in {mat_path} (mismatched files?)')
-    validation.append(person)
-  held_out = set(valid_pairs)
-  train = []
-  for i in np.flatnonzero(img_train == 1):
-    rects = annolist[i].annorect
-    if _empty(rects):
-      continue
-    for p, rect in enumerate(np.atleast_1d(rects)):
-      if (i, p) not in held_out:
-        person = person_from_rect(annolist[i].image.name, p, rect)
-        if person is not None:
-          train.append(person)
-  return train, validation
-
-
-def attach_head_sizes(persons: list[Person], valid: dict[str, np.ndarray]
-                      ) -> int:
-  """Sets head sizes from valid.h5 `normalize`; returns how many matched.
-
-  A JSON person matches a valid.h5 entry of the same image whose joints agree
-  within 2 px (valid.h5 rounds them) over the joints annotated in both.
-  """
-  by_image = collections.defaultdict(list)
-  for k, name in enumerate(valid['imgname']):
-    by_image[name].append(k)
-  matched = 0
-  for person in persons:
-    best, best_err = None, 2.0
-    for k in by_image.get(person.image, ()):
-      part = valid['part'][k] - 0.5
-      both = person.visible & np.any(valid['part'][k] > 0, axis=-1)
-      if both.any():
-        err = np.abs(part[both] - person.joints[both]).max()
-        if err < best_err:
-          best, best_err = k, err
-    if best is not None:
-      person.head_size = float(valid['normalize'][best])
-      matched += 1
-  return matched
-
-
 class Mpii(build_units.BeamAware, tfds.core.GeneratorBasedBuilder):
   """MPII Human Pose person crops (2D joints, head sizes, optional 3D)."""
 
@@ -348,17 +164,17 @@ class Mpii(build_units.BeamAware, tfds.core.GeneratorBasedBuilder):
 
     valid_path = root / cfg.valid_h5
     if cfg.annotation_format == 'mat':
-      annolist, img_train = read_mat(root / cfg.mat_file)
-      train, validation = mat_persons(annolist, img_train,
-                                      read_valid_h5(valid_path),
-                                      root / cfg.mat_file, valid_path)
+      annolist, img_train = mpii_annotations.read_mat(root / cfg.mat_file)
+      train, validation = mpii_annotations.mat_persons(
+          annolist, img_train, mpii_annotations.read_valid_h5(valid_path),
+          root / cfg.mat_file, valid_path)
     else:
-      train = read_json(root / cfg.train_file)
-      validation = read_json(root / cfg.valid_file)
+      train = mpii_annotations.read_json(root / cfg.train_file)
+      validation = mpii_annotations.read_json(root / cfg.valid_file)
       if valid_path.is_file():
-        valid = read_valid_h5(valid_path)
+        valid = mpii_annotations.read_valid_h5(valid_path)
         for name, persons in (('train', train), ('validation', validation)):
-          matched = attach_head_sizes(persons, valid)
+          matched = mpii_annotations.attach_head_sizes(persons, valid)
           logging.info('mpii %s: head sizes for %d of %d persons from %s',
                        name, matched, len(persons), valid_path)
     for name, persons in (('train', train), ('validation', validation)):
@@ -372,7 +188,7 @@ class Mpii(build_units.BeamAware, tfds.core.GeneratorBasedBuilder):
                if not (root / cfg.images_dir / n).is_file()]
     if missing:
       self._raise_missing(root, missing)
-    pseudo = _read_pseudo_3d(pseudo_path) if pseudo_path else {}
+    pseudo = mpii_annotations.read_pseudo_3d(pseudo_path) if pseudo_path else {}
     train, holdout = split_holdout(train, cfg.holdout_every)
     units = [shard for split, persons in (('train', train), ('holdout', holdout),
                                           ('validation', validation))
@@ -405,13 +221,13 @@ class Mpii(build_units.BeamAware, tfds.core.GeneratorBasedBuilder):
 class ImageShard:
   """One unit of work: the persons of consecutive images of one split."""
   images_dir: pathlib.Path
-  persons: tuple[Person, ...]
+  persons: tuple[mpii_annotations.Person, ...]
   pseudo: dict[str, np.ndarray]  # The pseudo-3D entries of these persons.
   splits: tuple[str, ...]
 
 
-def split_holdout(train: list[Person], every: int
-                  ) -> tuple[list[Person], list[Person]]:
+def split_holdout(train: list[mpii_annotations.Person], every: int
+                  ) -> tuple[list[mpii_annotations.Person], list[mpii_annotations.Person]]:
   """(train, holdout): the persons of every `every`-th image are held out."""
   order = list(dict.fromkeys(p.image for p in train))
   if len(order) < 2:
@@ -423,7 +239,7 @@ def split_holdout(train: list[Person], every: int
           [p for p in train if p.image in held])
 
 
-def shards(images_dir: pathlib.Path, persons: list[Person],
+def shards(images_dir: pathlib.Path, persons: list[mpii_annotations.Person],
            pseudo: dict[str, np.ndarray], split: str) -> list[ImageShard]:
   """Units of `_IMAGES_PER_UNIT` images (persons of an image stay together)."""
   by_image = collections.defaultdict(list)
@@ -486,23 +302,7 @@ def process_shard(cfg: MpiiConfig, unit: ImageShard) -> Iterator[tuple]:
     yield build_units.side('rejected_examples', rejected)
 
 
-def _read_pseudo_3d(path: pathlib.Path) -> dict[str, np.ndarray]:
-  """Reads '<image>#<person>' -> [16, 3] arrays from an .npz file."""
-  try:
-    with np.load(path) as data:
-      out = {k: np.asarray(data[k], np.float32) for k in data.files}
-  except (OSError, ValueError) as e:
-    raise errors.InputError(f'{path}: not a readable .npz of pseudo-3D joints ({e})'
-                     ) from e
-  for key, value in out.items():
-    if value.shape != (K, 3) or '#' not in key:
-      raise errors.InputError(f'{path}: entry {key!r} has shape {value.shape}; '
-                       "expected keys '<image name>#<person index>' with "
-                       f'[{K}, 3] arrays (mm)')
-  return out
-
-
-def _check_joints(person: Person, image_shape: tuple[int, ...]) -> None:
+def _check_joints(person: mpii_annotations.Person, image_shape: tuple[int, ...]) -> None:
   """Raises InvalidExample for NaN or far-off-image annotations."""
   h, w = image_shape[:2]
   joints = person.joints[person.visible]
