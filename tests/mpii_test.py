@@ -100,28 +100,6 @@ def test_json_crop_pixels_match_an_independent_warp(json_build):
     assert diff.mean() < 8, ex["image_name"]  # (a 1 px shift gives 6-26)
 
 
-def _struct_array(dicts):
-  arr = np.zeros((len(dicts),), dtype=[(k, object) for k in dicts[0]])
-  for i, d in enumerate(dicts):
-    for k, v in d.items():
-      arr[i][k] = v
-  return arr
-
-
-_EMPTY = np.zeros((0, 0))
-
-
-def _rect(joints, head, scale, objpos):
-  points = _struct_array([
-      {'id': j, 'x': x, 'y': y, 'is_visible': v}
-      for j, (x, y), v in zip(joints, joints.values(), ('1', _EMPTY, 0, 1))
-  ]) if joints else _EMPTY
-  return {'x1': head[0], 'y1': head[1], 'x2': head[2], 'y2': head[3],
-          'scale': scale, 'objpos': {'x': objpos[0], 'y': objpos[1]}
-                                     if objpos else _EMPTY,
-          'annopoints': {'point': points} if joints else _EMPTY}
-
-
 @pytest.fixture(scope='module')
 def mat_manual(tmp_path_factory):
   root = tmp_path_factory.mktemp('mpii_mat')
@@ -130,18 +108,18 @@ def mat_manual(tmp_path_factory):
   for name in ('a.jpg', 'b.jpg', 'c.jpg', 'd.jpg'):
     Image.fromarray(rng.integers(0, 255, (90, 120, 3), np.uint8)).save(
         root / 'images' / name)
-  a0 = _rect({0: (30.0, 80.0), 9: (40.0, 10.0), 12: (50.0, 30.0)},
+  a0 = mpii_release.rect({0: (30.0, 80.0), 9: (40.0, 10.0), 12: (50.0, 30.0)},
              (30.0, 5.0, 50.0, 20.0), 0.4, (40.0, 45.0))
-  a1 = _rect({}, (0, 0, 1, 1), _EMPTY, None)  # Unannotated person: skipped.
-  b0 = _rect({3: (60.0, 50.0), 15: (70.0, 20.0)}, (60.0, 2.0, 80.0, 14.0),
+  a1 = mpii_release.rect({}, (0, 0, 1, 1), mpii_release.EMPTY, None)  # Unannotated person: skipped.
+  b0 = mpii_release.rect({3: (60.0, 50.0), 15: (70.0, 20.0)}, (60.0, 2.0, 80.0, 14.0),
              0.35, (65.0, 40.0))
-  c0 = _rect({2: (20.0, 20.0)}, (1, 1, 2, 2), 0.3, (20.0, 20.0))  # Test image.
-  d0 = _rect({7: (50.0, 40.0)}, (45.0, 5.0, 60.0, 20.0), 0.3, (50.0, 45.0))
-  annolist = _struct_array([
-      {'image': {'name': 'a.jpg'}, 'annorect': _struct_array([a0, a1])},
-      {'image': {'name': 'b.jpg'}, 'annorect': _struct_array([b0])},
-      {'image': {'name': 'c.jpg'}, 'annorect': _struct_array([c0])},
-      {'image': {'name': 'd.jpg'}, 'annorect': _struct_array([d0])},
+  c0 = mpii_release.rect({2: (20.0, 20.0)}, (1, 1, 2, 2), 0.3, (20.0, 20.0))  # Test image.
+  d0 = mpii_release.rect({7: (50.0, 40.0)}, (45.0, 5.0, 60.0, 20.0), 0.3, (50.0, 45.0))
+  annolist = mpii_release.struct_array([
+      {'image': {'name': 'a.jpg'}, 'annorect': mpii_release.struct_array([a0, a1])},
+      {'image': {'name': 'b.jpg'}, 'annorect': mpii_release.struct_array([b0])},
+      {'image': {'name': 'c.jpg'}, 'annorect': mpii_release.struct_array([c0])},
+      {'image': {'name': 'd.jpg'}, 'annorect': mpii_release.struct_array([d0])},
   ])
   scipy.io.savemat(root / 'mpii_human_pose_v1_u12_1.mat', {'RELEASE': {
       'annolist': annolist, 'img_train': np.array([1, 1, 0, 1])}})

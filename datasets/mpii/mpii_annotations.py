@@ -20,6 +20,7 @@ import numpy as np
 import scipy.io
 
 from deepskeleton_jax import errors
+from deepskeleton_jax.data import mat_files
 from deepskeleton_jax.geometry import skeleton
 
 K = skeleton.NUM_JOINTS
@@ -111,7 +112,10 @@ def person_from_rect(image: str, index: int, rect) -> Person | None:
   joints = np.zeros((K, 2))
   visible = np.zeros(K, bool)
   for p in np.atleast_1d(points):
-    j = skeleton.MPII_TO_SKELETON[int(p.id)]
+    mpii_id = float(p.id)
+    if not (mpii_id == int(mpii_id) and 0 <= mpii_id < K):
+      raise ValueError(f'joint id {mpii_id:g}; MPII joint ids are 0-{K - 1}')
+    j = skeleton.MPII_TO_SKELETON[int(mpii_id)]
     joints[j] = (float(p.x) - 0.5, float(p.y) - 0.5)
     visible[j] = True
   head_size = 0.0
@@ -124,16 +128,21 @@ def person_from_rect(image: str, index: int, rect) -> Person | None:
 
 def read_mat(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
   """Reads the official .mat: (annolist [N] of structs, img_train [N])."""
+  mat_files.check(path)  # scipy can crash on a damaged file
   try:
     mat = scipy.io.loadmat(str(path), struct_as_record=False, squeeze_me=True)
     release = mat['RELEASE']
-    return (np.atleast_1d(release.annolist),
-            np.atleast_1d(np.asarray(release.img_train)).astype(int))
+    annolist = np.atleast_1d(release.annolist)
+    img_train = np.atleast_1d(np.asarray(release.img_train)).astype(int)
   except Exception as e:  # pylint: disable=broad-except
     # scipy raises many kinds of errors on damaged files; name the file.
     raise errors.InputError(f'{path}: not the MPII annotation .mat (a struct RELEASE '
-                     f'with annolist and img_train) ({type(e).__name__}: {e})'
-                     ) from e
+                            f'with annolist and img_train) ({type(e).__name__}: {e})'
+                            ) from e
+  if img_train.shape != annolist.shape:
+    raise errors.InputError(f'{path}: RELEASE.img_train has shape {list(img_train.shape)}; '
+                            f'expected one flag per annolist entry, [{len(annolist)}]')
+  return annolist, img_train
 
 
 def read_valid_h5(path: pathlib.Path) -> dict[str, np.ndarray]:
@@ -150,32 +159,53 @@ def read_valid_h5(path: pathlib.Path) -> dict[str, np.ndarray]:
   return out
 
 
+def _image_persons(annolist: np.ndarray, i: int, mat_path: pathlib.Path
+                   ) -> list[Person | None]:
+  """Every `annorect` person of image i (0-based); None where unannotated.
+
+  Raises:
+    errors.InputError: naming the entry (1-based, as MATLAB) when it is
+      malformed.
+  """
+  where = f'{mat_path}: annolist({i + 1})'
+  p = None
+  try:
+    name, rects = annolist[i].image.name, annolist[i].annorect
+    if not isinstance(name, str):
+      raise TypeError(f'image.name is {reprlib.repr(name)}, not a file name')
+    rects = [] if _empty(rects) else np.atleast_1d(rects)
+    persons = []
+    for p, rect in enumerate(rects):
+      persons.append(person_from_rect(name, p, rect))
+    return persons
+  except (AttributeError, TypeError, ValueError, IndexError) as e:
+    where += '' if p is None else f'.annorect({p + 1})'
+    raise errors.InputError(
+        f'{where} is malformed ({type(e).__name__}: {e}); expected image.name and annorect '
+        'entries with scale, objpos.x/.y and annopoints.point (id, x, y), as the official '
+        'release') from None
+
+
 def mat_persons(annolist: np.ndarray, img_train: np.ndarray,
                 valid: dict[str, np.ndarray], mat_path: pathlib.Path,
                 valid_path: pathlib.Path) -> tuple[list[Person], list[Person]]:
-  """(train, validation) persons of the .mat route."""
+  """(train, validation) persons of the .mat route (see `_image_persons`)."""
   valid_pairs = [(int(i), int(p)) for i, p in zip(valid['index'],
                                                   valid['person'])]
   validation = []
   for i, p in valid_pairs:
-    rects = np.atleast_1d(annolist[i].annorect) if i < len(annolist) else []
-    person = (person_from_rect(annolist[i].image.name, p, rects[p])
-              if p < len(rects) else None)
+    persons = _image_persons(annolist, i, mat_path) if 0 <= i < len(annolist) else []
+    person = persons[p] if 0 <= p < len(persons) else None
     if person is None:
       raise errors.InputError(f'{valid_path}: image {i} person {p} has no annotated '
-                       f'person in {mat_path} (mismatched files?)')
+                              f'person in {mat_path} (mismatched files?)')
     validation.append(person)
   held_out = set(valid_pairs)
   train = []
   for i in np.flatnonzero(img_train == 1):
-    rects = annolist[i].annorect
-    if _empty(rects):
-      continue
-    for p, rect in enumerate(np.atleast_1d(rects)):
-      if (i, p) not in held_out:
-        person = person_from_rect(annolist[i].image.name, p, rect)
-        if person is not None:
-          train.append(person)
+    for p, person in enumerate(_image_persons(annolist, int(i), mat_path)):
+      if (i, p) not in held_out and person is not None:
+        train.append(person)
   return train, validation
 
 
