@@ -40,8 +40,9 @@ def option_types(cls: type[tfds.core.GeneratorBasedBuilder]) -> dict[str, Any]:
   # module does not import; a string annotation (`from __future__ import
   # annotations`) is resolved in the builder module's namespace.
   namespace = vars(sys.modules[config_cls.__module__])
-  return {f.name: eval(f.type, namespace) if isinstance(f.type, str) else f.type  # pylint: disable=eval-used
-          for f in dataclasses.fields(config_cls) if f.name not in _BASE_FIELDS}
+  resolve = lambda t: eval(t, namespace) if isinstance(t, str) else t  # pylint: disable=eval-used
+  return {f.name: resolve(f.type) for f in dataclasses.fields(config_cls)
+          if f.name not in _BASE_FIELDS}
 
 
 def _type_name(hint: Any) -> str:
