@@ -10,7 +10,9 @@ The folders are imported as subpackages of `deepskeleton_jax.datasets`
 (`deepskeleton_jax.datasets.<name>.<module>`, see there), once per process and
 without TFDS's global registration (which would clash with a second import).
 
-`data_config.builder_kwargs` overrides fields of the default config; the
+`data_config.builder_kwargs` overrides fields of the default config (typed
+and checked by `builder_options`; `set_builder_flags` applies the command
+line's `--config.data.builder_kwargs.<name>=value` flags); the
 resulting config is named after the default plus the non-default fields in
 sorted order (e.g. `default-crop_size_64-num_train_16`), so different options
 are stored in different directories and equal options find the same one.
