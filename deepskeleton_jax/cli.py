@@ -140,6 +140,8 @@ def demo_description() -> str:
 
 with errors.one_line(), errors.config_keys_checked(sys.argv):  # overrides apply here
   sys.argv[:] = _resolve_argv(sys.argv)
+  # Any builder option, set once the config is loaded (registry.set_builder_flags).
+  sys.argv[:], _BUILDER_FLAGS = config_lib.take_builder_flags(sys.argv)
   _CONFIG = config_flags.DEFINE_config_file(
       'config', str(CONFIGS_DIR / 'demo.py'),
       'Experiment config: a shipped config\'s name (demo, tiny, h36m_skeleton_net, ...) or '
@@ -160,6 +162,9 @@ def _default_workdir() -> str:
 
 def _load_config():
   try:
+    if _BUILDER_FLAGS:
+      from deepskeleton_jax.data import registry  # pylint: disable=g-import-not-at-top
+      registry.set_builder_flags(_CONFIG.value.data, _BUILDER_FLAGS)
     return config_lib.finalize(_CONFIG.value)
   except OSError as e:  # ml_collections could not load the file
     detail = ' '.join(str(e).split('\n')[1:]).split()

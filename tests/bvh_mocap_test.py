@@ -196,3 +196,20 @@ def test_strict_build_fails_on_the_first_bad_file_naming_it(shared_data, tmp_pat
            holdout_files=('131_02',), strict=True)
   assert str(info.value).startswith(bad[2] + ': ')
   assert "mapping names joints ['LeftKnee']" in str(info.value)
+
+
+def test_a_split_whose_only_file_is_bad_names_the_split_and_the_file(shared_data, tmp_path):
+  manual = tmp_path / 'manual'
+  manual.mkdir()
+  for f in sorted((shared_data / 'cmu_mocap').glob('*.bvh')):
+    shutil.copy(f, manual / f.name)
+  broken = manual / '131_02.bvh'  # the holdout split's only file
+  broken.write_text('HIERARCHY\nROOT Hips\n{\n')
+  with pytest.raises(errors.InputError) as info:
+    _build(manual, tmp_path / 'data', frame_every=80, test_files=('131_03',),
+           holdout_files=('131_02',), crop_size=32)
+  assert str(info.value) == (
+      f"bvh_mocap: split 'holdout' has no examples: its only file was skipped as bad "
+      f'(strict=False): {broken} (not a valid BVH file: no MOTION section); fix or replace '
+      'it, or give the split other files')
+  assert not list((tmp_path / 'data').rglob('dataset_info.json'))

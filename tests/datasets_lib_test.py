@@ -173,6 +173,31 @@ def test_missing_manual_files_are_reported(tmp_path, fake_datasets):
   assert not (tmp_path / 'data').exists()
 
 
+@pytest.mark.parametrize('name, expected', [
+    ('human36m', 'unpack the per-subject Videos and D3 Positions archives'),
+    ('mpii', 'Download the images and annotations from http://human-pose'),
+])
+@pytest.mark.parametrize('manual_dir', ['', '   ', None])
+def test_empty_manual_dir_is_one_line_naming_the_key(tmp_path, name, expected, manual_dir):
+  cfg = _cfg(tmp_path / 'data', name=name, manual_dir='')
+  cfg.manual_dir = manual_dir
+  with pytest.raises(errors.ConfigError) as info:
+    registry.prepare(cfg)
+  message = str(info.value)
+  assert message.startswith('config.data.manual_dir is empty: expected the folder of the '
+                            f'manually downloaded files of {name} (')
+  assert expected in message and '\n' not in message
+  assert not (tmp_path / 'data').exists()
+
+
+def test_tfds_default_manual_dir_still_serves(tmp_path, fake_datasets):
+  default = tmp_path / 'data' / 'downloads' / 'manual'
+  default.mkdir(parents=True)
+  (default / 'numbers.txt').write_text('7 8')
+  registry.prepare(_cfg(tmp_path / 'data'))  # TFDS reads <data_dir>/downloads/manual
+  assert len(registry.data_source(_cfg(tmp_path / 'data'), 'train')) == 2
+
+
 def _beam_cfg(workers=0, options=''):
   return ml_collections.ConfigDict({'beam_num_workers': workers,
                                     'beam_options': options})

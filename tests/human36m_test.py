@@ -3,6 +3,7 @@
 import logging
 import shutil
 
+import cdflib.cdfwrite
 import cv2
 import numpy as np
 import pytest
@@ -212,9 +213,27 @@ def test_missing_files_are_listed_with_the_layout(release, tmp_path):
   assert 'Expected layout' in message and 'D3_Positions/<Action>.cdf' in message
 
 
+def _write_garbage(path):
+  path.write_bytes(b'this is not a valid file' * 8)
+
+
+def _write_2d_cdf(path):
+  """A D2_Positions-like CDF: 12 frames of 32 x 2 values, 768 = 8 x 96 in all."""
+  data = np.arange(12 * 64, dtype=np.float32).reshape(1, 12, 64)
+  path.unlink()
+  cdf = cdflib.cdfwrite.CDF(str(path), cdf_spec={}, delete=True)
+  cdf.write_var({'Variable': 'Pose', 'Data_Type': cdflib.cdfwrite.CDF.CDF_FLOAT,
+                 'Num_Elements': 1, 'Rec_Vary': True, 'Dim_Sizes': [12, 64]},
+                var_data=data)
+  cdf.close()
+
+
 _DAMAGED = [
-    ('S9/MyPoseFeatures/D3_Positions/Photo 1.cdf', 'not a readable CDF'),
-    ('S11/Videos/Directions 1.55011271.mp4', 'cannot open the video'),
+    ('S9/MyPoseFeatures/D3_Positions/Photo 1.cdf', 'not a readable CDF', _write_garbage),
+    ('S11/Videos/Directions 1.55011271.mp4', 'cannot open the video', _write_garbage),
+    # 8 x 96 values, as many as the video's 8 frames: the shape tells it apart.
+    ('S1/MyPoseFeatures/D3_Positions/TakingPhoto.cdf',
+     r'shape \(1, 12, 64\); expected numbers of shape \(1, frames, 96\)', _write_2d_cdf),
 ]
 
 
@@ -224,12 +243,12 @@ def _no_dataset_left(data_dir):
   assert not list(data_dir.rglob('incomplete*'))
 
 
-@pytest.mark.parametrize('damaged, message', _DAMAGED)
+@pytest.mark.parametrize('damaged, message, write', _DAMAGED)
 def test_strict_build_names_a_corrupt_file_and_leaves_no_dataset(
-    release, tmp_path, damaged, message):
+    release, tmp_path, damaged, message, write):
   root = tmp_path / 'manual'
   shutil.copytree(release[0], root)
-  (root / damaged).write_bytes(b'this is not a valid file' * 8)
+  write(root / damaged)
   with pytest.raises(errors.InputError, match=message) as info:
     registry.prepare(_registry_config(root, tmp_path / 'data', strict=True))
   assert str(root / damaged) in str(info.value)
@@ -250,8 +269,8 @@ def _registry_config(manual_dir, data_dir, **kwargs):
 def test_bad_files_are_skipped_named_and_counted(release, tmp_path, caplog):
   root = tmp_path / 'manual'
   shutil.copytree(release[0], root)
-  for damaged, _ in _DAMAGED:
-    (root / damaged).write_bytes(b'this is not a valid file' * 8)
+  for damaged, _, write in _DAMAGED:
+    write(root / damaged)
   # A re-encoded video of the wrong frame size is a bad file too.
   small = root / 'S1' / 'Videos' / 'SittingDown 2.54138969.mp4'
   writer = cv2.VideoWriter(str(small), cv2.VideoWriter_fourcc(*'mp4v'), 50,
@@ -261,10 +280,12 @@ def test_bad_files_are_skipped_named_and_counted(release, tmp_path, caplog):
   writer.release()
   with caplog.at_level(logging.WARNING):
     builder = _build(root, tmp_path / 'data', skip_videos=('S9/Walking.55011271',))
-  skipped = [str(root / d) for d, _ in _DAMAGED] + [str(small)]
+  skipped = [str(root / d) for d, _, _ in _DAMAGED] + [str(small)]
   assert builder.info.metadata['skipped_files'] == sorted(skipped)
-  assert 'skipped 3 bad files' in caplog.text
+  assert 'skipped 4 bad files' in caplog.text
   assert 'this camera records 1000x1002' in caplog.text
+  assert f'skipping {root / _DAMAGED[2][0]} (strict=False): variable "Pose" holds' \
+      in caplog.text
   # The bad CDF drops both cameras of S9 Photo 1, the bad videos their own.
   test = {(s, a, c) for s, a, c, _ in _ids(_examples(builder, 'test'))}
   assert test == {('S9', 'Walking', '54138969'),
@@ -272,6 +293,7 @@ def test_bad_files_are_skipped_named_and_counted(release, tmp_path, caplog):
   train = _ids(_examples(builder, 'train')) + _ids(_examples(builder, 'holdout'))
   assert ('S1', 'SittingDown 2', '54138969', 0) not in train
   assert ('S1', 'SittingDown 2', '55011271', 0) in train
+  assert not {a for _, a, _, _ in train} & {'TakingPhoto'}  # its 2D CDF
   # The metadata survives a reload from disk.
   again = human36m.Human36m(data_dir=str(tmp_path / 'data'),
                             config=builder.builder_config)

@@ -1,4 +1,6 @@
-"""Test helper: MPII manual-download folders (JSON route) from ../shared/data."""
+"""Test helpers: MPII manual-download folders (the JSON route from ../shared/data's
+samples, the 2958 validation persons on blank images) and the official .mat's
+structs (for scipy.io.savemat)."""
 
 import json
 import os
@@ -9,6 +11,8 @@ import h5py
 import numpy as np
 from PIL import Image
 import scipy.io
+
+EMPTY = np.zeros((0, 0))  # what the .mat holds for a missing field
 
 
 def copy_json_release(shared_data: pathlib.Path, root: pathlib.Path) -> list[dict]:
@@ -72,3 +76,22 @@ def write_validation_release(shared_data: pathlib.Path, root: pathlib.Path) -> l
   (root / 'train.json').write_text(json.dumps(annotations[:2]))
   shutil.copy(shared_data / 'mpii_eval' / 'gt_valid_tompson_format.mat', root / 'gt_valid.mat')
   return annotations
+def struct_array(dicts: list[dict]) -> np.ndarray:
+  """A MATLAB struct array (savemat) with the fields of `dicts[0]`."""
+  arr = np.zeros((len(dicts),), dtype=[(k, object) for k in dicts[0]])
+  for i, d in enumerate(dicts):
+    for k, v in d.items():
+      arr[i][k] = v
+  return arr
+
+
+def rect(joints: dict, head, scale, objpos) -> dict:
+  """An `annorect` entry: joints {MPII id: (x, y)}, head box, scale, objpos (x, y)."""
+  points = struct_array([
+      {'id': j, 'x': x, 'y': y, 'is_visible': v}
+      for j, (x, y), v in zip(joints, joints.values(), ('1', EMPTY, 0, 1))
+  ]) if joints else EMPTY
+  return {'x1': head[0], 'y1': head[1], 'x2': head[2], 'y2': head[3],
+          'scale': scale, 'objpos': {'x': objpos[0], 'y': objpos[1]}
+                                     if objpos else EMPTY,
+          'annopoints': {'point': points} if joints else EMPTY}

@@ -126,28 +126,6 @@ def test_json_head_sizes_of_all_2958_validation_persons(shared_data, tmp_path):
         folder / 'gt_valid_tompson_format.mat', path)
 
 
-def _struct_array(dicts):
-  arr = np.zeros((len(dicts),), dtype=[(k, object) for k in dicts[0]])
-  for i, d in enumerate(dicts):
-    for k, v in d.items():
-      arr[i][k] = v
-  return arr
-
-
-_EMPTY = np.zeros((0, 0))
-
-
-def _rect(joints, head, scale, objpos):
-  points = _struct_array([
-      {'id': j, 'x': x, 'y': y, 'is_visible': v}
-      for j, (x, y), v in zip(joints, joints.values(), ('1', _EMPTY, 0, 1))
-  ]) if joints else _EMPTY
-  return {'x1': head[0], 'y1': head[1], 'x2': head[2], 'y2': head[3],
-          'scale': scale, 'objpos': {'x': objpos[0], 'y': objpos[1]}
-                                     if objpos else _EMPTY,
-          'annopoints': {'point': points} if joints else _EMPTY}
-
-
 @pytest.fixture(scope='module')
 def mat_manual(tmp_path_factory):
   root = tmp_path_factory.mktemp('mpii_mat')
@@ -156,18 +134,18 @@ def mat_manual(tmp_path_factory):
   for name in ('a.jpg', 'b.jpg', 'c.jpg', 'd.jpg'):
     Image.fromarray(rng.integers(0, 255, (90, 120, 3), np.uint8)).save(
         root / 'images' / name)
-  a0 = _rect({0: (30.0, 80.0), 9: (40.0, 10.0), 12: (50.0, 30.0)},
+  a0 = mpii_release.rect({0: (30.0, 80.0), 9: (40.0, 10.0), 12: (50.0, 30.0)},
              (30.0, 5.0, 50.0, 20.0), 0.4, (40.0, 45.0))
-  a1 = _rect({}, (0, 0, 1, 1), _EMPTY, None)  # Unannotated person: skipped.
-  b0 = _rect({3: (60.0, 50.0), 15: (70.0, 20.0)}, (60.0, 2.0, 80.0, 14.0),
+  a1 = mpii_release.rect({}, (0, 0, 1, 1), mpii_release.EMPTY, None)  # Unannotated person: skipped.
+  b0 = mpii_release.rect({3: (60.0, 50.0), 15: (70.0, 20.0)}, (60.0, 2.0, 80.0, 14.0),
              0.35, (65.0, 40.0))
-  c0 = _rect({2: (20.0, 20.0)}, (1, 1, 2, 2), 0.3, (20.0, 20.0))  # Test image.
-  d0 = _rect({7: (50.0, 40.0)}, (45.0, 5.0, 60.0, 20.0), 0.3, (50.0, 45.0))
-  annolist = _struct_array([
-      {'image': {'name': 'a.jpg'}, 'annorect': _struct_array([a0, a1])},
-      {'image': {'name': 'b.jpg'}, 'annorect': _struct_array([b0])},
-      {'image': {'name': 'c.jpg'}, 'annorect': _struct_array([c0])},
-      {'image': {'name': 'd.jpg'}, 'annorect': _struct_array([d0])},
+  c0 = mpii_release.rect({2: (20.0, 20.0)}, (1, 1, 2, 2), 0.3, (20.0, 20.0))  # Test image.
+  d0 = mpii_release.rect({7: (50.0, 40.0)}, (45.0, 5.0, 60.0, 20.0), 0.3, (50.0, 45.0))
+  annolist = mpii_release.struct_array([
+      {'image': {'name': 'a.jpg'}, 'annorect': mpii_release.struct_array([a0, a1])},
+      {'image': {'name': 'b.jpg'}, 'annorect': mpii_release.struct_array([b0])},
+      {'image': {'name': 'c.jpg'}, 'annorect': mpii_release.struct_array([c0])},
+      {'image': {'name': 'd.jpg'}, 'annorect': mpii_release.struct_array([d0])},
   ])
   scipy.io.savemat(root / 'mpii_human_pose_v1_u12_1.mat', {'RELEASE': {
       'annolist': annolist, 'img_train': np.array([1, 1, 0, 1])}})
@@ -292,3 +270,49 @@ def test_skeleton_net_refuses_examples_without_depth(json_build, tiny_data_dir, 
   with pytest.raises(errors.ConfigError, match='pseudo_3d_file') as e:
     train_loop.train_stage(config, '/nonexistent/workdir', 'skeleton_net')
   assert 'of 4 sampled training examples have no 3D joints' in str(e.value)
+
+
+def _transposed(entry):
+  return dict(entry, joints=np.asarray(entry['joints']).T.tolist())
+
+
+@pytest.mark.parametrize('change, message', [
+    (_transposed, r"person 2 \(image '.*\.jpg'\): joints has shape \[2, 16\]; "
+                  r'expected \[16, 2\]'),
+    (lambda e: dict(e, joints_vis=e['joints_vis'][:15]),
+     r'person 2 .*: joints_vis has shape \[15\]; expected \[16\]'),
+    (lambda e: dict(e, center=[e['center']]),
+     r'person 2 .*: center has shape \[1, 2\]; expected \[2\]'),
+    (lambda e: dict(e, scale='4.7'), r"person 2 .*: scale is '4.7'; expected a number"),
+    (lambda e: dict(e, scale=[4.7]), r'person 2 .*: scale has shape \[1\]; expected a number'),
+    (lambda e: dict(e, joints=None), r'person 2 .*: joints is None; expected \[16, 2\]'),
+    (lambda e: dict(e, image=7), r'person 2: image is 7; expected the image file name'),
+    (lambda e: {k: v for k, v in e.items() if k != 'center'},
+     r"person 2 \(entry 2 of the list\) lacks \['center'\]"),
+])
+def test_json_fields_of_the_wrong_shape_are_refused_naming_the_person(
+    tmp_path, change, message):
+  """Nothing is transposed or reshaped to fit: one line names file, person, field."""
+  entries = [dict(image=f'{i}.jpg', center=[50.0, 60.0], scale=1.0,
+                  joints=[[10.0 + j, 20.0] for j in range(16)], joints_vis=[1] * 16)
+             for i in range(4)]
+  entries[2] = change(entries[2])
+  path = tmp_path / 'train.json'
+  path.write_text(json.dumps(entries))
+  with pytest.raises(errors.InputError, match=message) as info:
+    mpii_annotations.read_json(path)
+  assert str(info.value).startswith(f'{path}: ') and '\n' not in str(info.value)
+
+
+def test_zero_byte_image_is_skipped_by_a_default_build(shared_data, tmp_path, caplog):
+  root = tmp_path / 'm'
+  annotations = mpii_release.copy_json_release(shared_data, root)
+  empty = root / 'images' / annotations[1]['image']
+  empty.write_bytes(b'')
+  with caplog.at_level(logging.WARNING):
+    builder = _build(root, tmp_path / 'skip', crop_size=32)
+  assert builder.info.metadata['skipped_files'] == [str(empty)]
+  assert f'skipping {empty} (strict=False): empty file (0 bytes)' in caplog.text
+  assert len(_examples(builder, 'validation')) == len(annotations) - 1
+  with pytest.raises(errors.InputError, match=f'{empty}: empty file'):
+    _build(root, tmp_path / 'strict', crop_size=32, strict=True)

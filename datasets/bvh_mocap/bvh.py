@@ -167,8 +167,13 @@ def _parse_hierarchy(tokens: list[str], name: str
 def _parse_channels(tokens: list[str], pos: int, name: str
                     ) -> tuple[tuple[str, ...], int]:
   """The channels of `CHANNELS n c1 .. cn` at `pos`, and the next position."""
-  n = int(_number(tokens[pos + 1], name))
+  count = _number(tokens[pos + 1], name)
+  if not (count.is_integer() and 0 <= count <= 6):
+    raise _error(name, f'CHANNELS {tokens[pos + 1]}: expected a count from 0 to 6')
+  n = int(count)
   chans = tuple(tokens[pos + 2:pos + 2 + n])
+  if len(chans) != n:
+    raise _error(name, f'CHANNELS {n} lists {len(chans)} channels')
   for c in chans:
     if c[0] not in _AXES or c[1:] not in ('position', 'rotation'):
       raise _error(name, f'unknown channel {c!r}')
@@ -189,6 +194,8 @@ def _parse_motion(lines: list[str], num_channels: int, name: str
     raise _error(name, 'expected "Frames: F" and "Frame Time: dt" after '
                  'MOTION') from None
   rows = [l for l in lines[2:] if l.strip()]
+  if n_frames < 1:
+    raise _error(name, f'Frames: {n_frames}; expected at least one frame')
   if len(rows) < n_frames:
     raise _error(name, f'Frames: {n_frames} but {len(rows)} frame lines')
   try:

@@ -192,6 +192,31 @@ def split_files(files: list[pathlib.Path], cfg: 'BvhMocapConfig',
   return {'train': train, 'holdout': holdout, 'test': test}
 
 
+def read_joints(cfg: 'BvhMocapConfig', path: pathlib.Path
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """The kept frames of a BVH file and their 16 joints in world millimetres.
+
+  Args:
+    cfg: the builder config (`frame_every`, `joint_mapping`, `unit_mm`).
+    path: the BVH file.
+
+  Returns:
+    (frame indices [n], joints [n, 16, 3] mm).
+
+  Raises:
+    build_units.BadFileError: naming the file when it cannot be read or
+      parsed, or lacks a joint of the mapping.
+  """
+  try:
+    motion = bvh.load(path)
+    frames = np.arange(0, motion.num_frames, cfg.frame_every)
+    world = bvh.select_joints(bvh.forward_kinematics(motion, frames),
+                              motion.names, cfg.joint_mapping) * cfg.unit_mm
+  except ValueError as e:
+    raise build_units.BadFileError(path, str(e).removeprefix(f'{path}: ')) from e
+  return frames, world
+
+
 def process_file(cfg: 'BvhMocapConfig', unit: BvhFile) -> Iterator[tuple]:
   """The examples of one BVH file (module docstring), and side records.
 
@@ -199,17 +224,7 @@ def process_file(cfg: 'BvhMocapConfig', unit: BvhFile) -> Iterator[tuple]:
     build_units.BadFileError: naming the file when it cannot be read or
       parsed, or lacks a joint of the mapping.
   """
-  try:
-    motion = bvh.load(unit.path)
-    frames = np.arange(0, motion.num_frames, cfg.frame_every)
-    world = bvh.select_joints(bvh.forward_kinematics(motion, frames),
-                              motion.names, cfg.joint_mapping) * cfg.unit_mm
-  except ValueError as e:
-    message = str(e)
-    prefix = f'{unit.path}: '
-    raise build_units.BadFileError(
-        unit.path, message[len(prefix):] if message.startswith(prefix)
-        else message) from e
+  frames, world = read_joints(cfg, unit.path)
   f = cfg.focal_length
   c = cfg.image_size / 2.0
   intrinsics = np.array([f, f, c, c])

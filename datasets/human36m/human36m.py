@@ -208,21 +208,25 @@ def read_poses(path: pathlib.Path, variable: str = 'Pose') -> np.ndarray:
 
   Raises:
     build_units.BadFileError: naming the file when it is not a readable CDF
-      with a `Pose` variable of 96 values per frame.
+      whose variable holds numbers of shape (1, frames, 96) (the release's) or
+      (frames, 96): 32 joints x 3 coordinates per frame. Nothing else is
+      reshaped to fit (a D2_Positions file has 32 x 2 = 64 values per frame).
   """
   try:
-    pose = cdflib.CDF(str(path)).varget(variable)
+    pose = np.asarray(cdflib.CDF(str(path)).varget(variable))
   except Exception as e:  # pylint: disable=broad-except
     # cdflib raises many kinds of errors on damaged files; name the file.
     raise build_units.BadFileError(
         path, f'not a readable CDF file with a variable "{variable}" '
         f'({type(e).__name__}: {e})') from e
-  pose = np.asarray(pose, np.float64)
-  if pose.size == 0 or pose.size % 96:
+  frames = pose[0] if pose.ndim == 3 and pose.shape[0] == 1 else pose
+  if (pose.dtype.kind not in 'iuf' or frames.ndim != 2 or frames.shape[1] != 96
+      or not frames.shape[0]):
     raise build_units.BadFileError(
-        path, f'variable "{variable}" has shape {pose.shape}; expected 96 '
-        'values (32 joints x 3) per frame')
-  return pose.reshape(-1, 32, 3)
+        path, f'variable "{variable}" holds {pose.dtype} values of shape '
+        f'{pose.shape}; expected numbers of shape (1, frames, 96) or (frames, '
+        '96): 32 joints x 3 coordinates (mm) per frame')
+  return frames.astype(np.float64).reshape(-1, 32, 3)
 
 
 def read_frames(path: pathlib.Path, frames: np.ndarray, num_expected: int,
@@ -334,9 +338,7 @@ def process_video(cfg: Human36mConfig, unit: Video) -> Iterator[tuple]:
     except build_units.BadFileError as e:
       if cfg.strict:
         raise
-      logging.warning('skipping the check of %s (strict=False): %s', e.path,
-                      e.reason)
-      yield build_units.side(build_units.SKIPPED, e.path)
+      yield build_units.skip(e.path, f'{e.reason} (its check is skipped)')
   frames = np.arange(0, num_poses, unit.every)
   first_held_out = len(frames) - num_held_out(len(frames), unit.holdout_fraction)
   joints_3d = cam.world_to_camera(world[frames][:, skeleton.H36M32_TO_SKELETON])

@@ -69,6 +69,8 @@ Beam (`--config.data.beam_num_workers=N` or `--config.data.beam_options=...`,
 see `registry.prepare`): one unit of work per shard of `_IMAGES_PER_UNIT`
 consecutive images; the same examples as the sequential build.
 
+The annotation files are read (and checked) by `mpii_annotations.py`.
+
 Pseudo-3D (optional): `pseudo_3d_file`, an .npz (path relative to
 `manual_dir`, or absolute) with one [16, 3] millimetre array per person keyed
 '<image name>#<person index>', the person index being the stored `frame`
@@ -90,10 +92,8 @@ from deepskeleton_jax import errors
 from deepskeleton_jax.data import build_units
 from deepskeleton_jax.data import example_format
 from deepskeleton_jax.data import image_ops
-from deepskeleton_jax.geometry import skeleton
 from . import mpii_annotations
 
-K = skeleton.NUM_JOINTS
 
 _LAYOUT = """\
 <manual_dir>/
@@ -210,7 +210,7 @@ class Mpii(build_units.BeamAware, tfds.core.GeneratorBasedBuilder):
                if not (root / cfg.images_dir / n).is_file()]
     if missing:
       self._raise_missing(root, missing)
-    pseudo = _read_pseudo_3d(pseudo_path) if pseudo_path else {}
+    pseudo = mpii_annotations.read_pseudo_3d(pseudo_path) if pseudo_path else {}
     train, holdout = split_holdout(train, cfg.holdout_every)
     units = [shard for split, persons in (('train', train), ('holdout', holdout),
                                           ('validation', validation))
@@ -313,11 +313,10 @@ def process_shard(cfg: MpiiConfig, unit: ImageShard) -> Iterator[tuple]:
       try:
         image = image_ops.read_image(path)
       except errors.InputError as e:
+        reason = str(e).removeprefix(f'{path}: ')
         if cfg.strict:
-          raise build_units.BadFileError(path, str(e).removeprefix(f'{path}: ')
-                                         ) from e
-        logging.warning('skipping %s (strict=False): %s', path, e)
-        yield build_units.side(build_units.SKIPPED, str(path))
+          raise build_units.BadFileError(path, reason) from e
+        yield build_units.skip(path, reason)
         image = None
     if image is None:
       continue
@@ -342,22 +341,6 @@ def process_shard(cfg: MpiiConfig, unit: ImageShard) -> Iterator[tuple]:
     yield build_units.side('with_3d', [with_3d, len(unit.persons)])
   if rejected:
     yield build_units.side('rejected_examples', rejected)
-
-
-def _read_pseudo_3d(path: pathlib.Path) -> dict[str, np.ndarray]:
-  """Reads '<image>#<person>' -> [16, 3] arrays from an .npz file."""
-  try:
-    with np.load(path) as data:
-      out = {k: np.asarray(data[k], np.float32) for k in data.files}
-  except (OSError, ValueError) as e:
-    raise errors.InputError(f'{path}: not a readable .npz of pseudo-3D joints ({e})'
-                     ) from e
-  for key, value in out.items():
-    if value.shape != (K, 3) or '#' not in key:
-      raise errors.InputError(f'{path}: entry {key!r} has shape {value.shape}; '
-                       "expected keys '<image name>#<person index>' with "
-                       f'[{K}, 3] arrays (mm)')
-  return out
 
 
 def _check_joints(person: mpii_annotations.Person, image_shape: tuple[int, ...]) -> None:

@@ -1,20 +1,26 @@
-"""The MPII annotation files read into persons: the common JSON, the official
-.mat, the hourglass valid.h5 and the official evaluation file gt_valid.mat.
+"""MPII annotations: the common JSON form, the official .mat, valid.h5, pseudo-3D.
 
-Coordinates become continuous pixels (1-based MATLAB - 0.5, see mpii.py); head
-sizes come from the head boxes (module docstring of mpii.py).
+Readers of the `mpii` builder's annotation files (see mpii.py for the layout
+and conventions). Coordinates come out continuous (MATLAB's 1-based pixel k
+is k - 0.5) and joints in `skeleton.JOINT_NAMES` order. Every reader checks
+what it reads and raises one `errors.InputError` naming the file (and the
+person and field) with what was expected; nothing is transposed or reshaped
+to fit.
 """
 
 import collections
 import dataclasses
 import json
 import pathlib
+import reprlib
+from typing import Any
 
 import h5py
 import numpy as np
 import scipy.io
 
 from deepskeleton_jax import errors
+from deepskeleton_jax.data import mat_files
 from deepskeleton_jax.geometry import skeleton
 
 K = skeleton.NUM_JOINTS
@@ -33,7 +39,14 @@ class Person:
 
 
 def read_json(path: pathlib.Path) -> list[Person]:
-  """Reads a common-format JSON annotation file (1-based coordinates)."""
+  """Reads a common-format JSON annotation file (1-based coordinates).
+
+  Raises:
+    errors.InputError: naming the file, and the person (its 0-based entry
+      index) and field, when the file is not a JSON list of persons with
+      `image` (a name), `center` [2], `scale` (a number), `joints` [16, 2] and
+      `joints_vis` [16]. Nothing is transposed or reshaped to fit.
+  """
   try:
     entries = json.loads(path.read_text())
   except (OSError, ValueError) as e:
@@ -42,26 +55,45 @@ def read_json(path: pathlib.Path) -> list[Person]:
     raise errors.InputError(f'{path}: expected a JSON list of persons')
   counts = collections.Counter()
   persons = []
-  for k, a in enumerate(entries):
-    need = ('image', 'center', 'scale', 'joints', 'joints_vis')
-    lacking = [f for f in need if not isinstance(a, dict) or f not in a]
-    if lacking:
-      raise errors.InputError(f'{path}: entry {k} lacks {lacking} (expected the keys '
-                       f'{need})')
-    try:
-      joints = np.asarray(a['joints'], np.float64).reshape(K, 2)
-      visible = np.asarray(a['joints_vis'], np.float64).reshape(K) > 0
-      center = np.asarray(a['center'], np.float64).reshape(2)
-      scale = float(a['scale'])
-    except (TypeError, ValueError) as e:
-      raise errors.InputError(f'{path}: entry {k}: expected joints (16, 2), '
-                       f'joints_vis (16,), center (2,), scale ({e})') from e
-    image = str(a['image'])
+  for k, entry in enumerate(entries):
+    image, center, scale, joints, visible = _json_fields(path, k, entry)
     persons.append(Person(image, counts[image], center - 0.5, scale,
                           joints[skeleton.MPII_TO_SKELETON] - 0.5,
-                          visible[skeleton.MPII_TO_SKELETON]))
+                          visible[skeleton.MPII_TO_SKELETON] > 0))
     counts[image] += 1
   return persons
+
+
+_JSON_SHAPES = {'center': (2,), 'scale': (), 'joints': (K, 2), 'joints_vis': (K,)}
+
+
+def _json_fields(path: pathlib.Path, k: int, entry: Any) -> tuple:
+  """(image, center [2], scale, joints [16, 2], joints_vis [16]) of entry `k`."""
+  need = ('image',) + tuple(_JSON_SHAPES)
+  lacking = [f for f in need if not isinstance(entry, dict) or f not in entry]
+  if lacking:
+    raise errors.InputError(f'{path}: person {k} (entry {k} of the list) lacks '
+                            f'{lacking}; expected the keys {need}')
+  image = entry['image']
+  if not isinstance(image, str) or not image.strip():
+    raise errors.InputError(f'{path}: person {k}: image is {reprlib.repr(image)}; expected the '
+                            'image file name (a string)')
+  values = []
+  for field, shape in _JSON_SHAPES.items():
+    where = f'{path}: person {k} (image {image!r}): {field}'
+    expected = f'expected {list(shape) or "a number"} (numbers)'
+    try:
+      value = np.asarray(entry[field])
+    except ValueError:  # ragged nested lists
+      value = np.asarray(None)
+    kinds = 'iufb' if field == 'joints_vis' else 'iuf'  # 0/1 or true/false flags
+    if value.dtype.kind not in kinds:
+      raise errors.InputError(f'{where} is {reprlib.repr(entry[field])}; {expected}')
+    if value.shape != shape:
+      raise errors.InputError(f'{where} has shape {list(value.shape)}; {expected}')
+    values.append(value.astype(np.float64))
+  center, scale, joints, visible = values
+  return image, center, float(scale), joints, visible
 
 
 def _empty(x) -> bool:
@@ -80,7 +112,10 @@ def person_from_rect(image: str, index: int, rect) -> Person | None:
   joints = np.zeros((K, 2))
   visible = np.zeros(K, bool)
   for p in np.atleast_1d(points):
-    j = skeleton.MPII_TO_SKELETON[int(p.id)]
+    mpii_id = float(p.id)
+    if not (mpii_id == int(mpii_id) and 0 <= mpii_id < K):
+      raise ValueError(f'joint id {mpii_id:g}; MPII joint ids are 0-{K - 1}')
+    j = skeleton.MPII_TO_SKELETON[int(mpii_id)]
     joints[j] = (float(p.x) - 0.5, float(p.y) - 0.5)
     visible[j] = True
   head_size = 0.0
@@ -93,16 +128,21 @@ def person_from_rect(image: str, index: int, rect) -> Person | None:
 
 def read_mat(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
   """Reads the official .mat: (annolist [N] of structs, img_train [N])."""
+  mat_files.check(path)  # scipy can crash on a damaged file
   try:
     mat = scipy.io.loadmat(str(path), struct_as_record=False, squeeze_me=True)
     release = mat['RELEASE']
-    return (np.atleast_1d(release.annolist),
-            np.atleast_1d(np.asarray(release.img_train)).astype(int))
+    annolist = np.atleast_1d(release.annolist)
+    img_train = np.atleast_1d(np.asarray(release.img_train)).astype(int)
   except Exception as e:  # pylint: disable=broad-except
     # scipy raises many kinds of errors on damaged files; name the file.
     raise errors.InputError(f'{path}: not the MPII annotation .mat (a struct RELEASE '
-                     f'with annolist and img_train) ({type(e).__name__}: {e})'
-                     ) from e
+                            f'with annolist and img_train) ({type(e).__name__}: {e})'
+                            ) from e
+  if img_train.shape != annolist.shape:
+    raise errors.InputError(f'{path}: RELEASE.img_train has shape {list(img_train.shape)}; '
+                            f'expected one flag per annolist entry, [{len(annolist)}]')
+  return annolist, img_train
 
 
 def read_valid_h5(path: pathlib.Path) -> dict[str, np.ndarray]:
@@ -119,32 +159,53 @@ def read_valid_h5(path: pathlib.Path) -> dict[str, np.ndarray]:
   return out
 
 
+def _image_persons(annolist: np.ndarray, i: int, mat_path: pathlib.Path
+                   ) -> list[Person | None]:
+  """Every `annorect` person of image i (0-based); None where unannotated.
+
+  Raises:
+    errors.InputError: naming the entry (1-based, as MATLAB) when it is
+      malformed.
+  """
+  where = f'{mat_path}: annolist({i + 1})'
+  p = None
+  try:
+    name, rects = annolist[i].image.name, annolist[i].annorect
+    if not isinstance(name, str):
+      raise TypeError(f'image.name is {reprlib.repr(name)}, not a file name')
+    rects = [] if _empty(rects) else np.atleast_1d(rects)
+    persons = []
+    for p, rect in enumerate(rects):
+      persons.append(person_from_rect(name, p, rect))
+    return persons
+  except (AttributeError, TypeError, ValueError, IndexError) as e:
+    where += '' if p is None else f'.annorect({p + 1})'
+    raise errors.InputError(
+        f'{where} is malformed ({type(e).__name__}: {e}); expected image.name and annorect '
+        'entries with scale, objpos.x/.y and annopoints.point (id, x, y), as the official '
+        'release') from None
+
+
 def mat_persons(annolist: np.ndarray, img_train: np.ndarray,
                 valid: dict[str, np.ndarray], mat_path: pathlib.Path,
                 valid_path: pathlib.Path) -> tuple[list[Person], list[Person]]:
-  """(train, validation) persons of the .mat route."""
+  """(train, validation) persons of the .mat route (see `_image_persons`)."""
   valid_pairs = [(int(i), int(p)) for i, p in zip(valid['index'],
                                                   valid['person'])]
   validation = []
   for i, p in valid_pairs:
-    rects = np.atleast_1d(annolist[i].annorect) if i < len(annolist) else []
-    person = (person_from_rect(annolist[i].image.name, p, rects[p])
-              if p < len(rects) else None)
+    persons = _image_persons(annolist, i, mat_path) if 0 <= i < len(annolist) else []
+    person = persons[p] if 0 <= p < len(persons) else None
     if person is None:
       raise errors.InputError(f'{valid_path}: image {i} person {p} has no annotated '
-                       f'person in {mat_path} (mismatched files?)')
+                              f'person in {mat_path} (mismatched files?)')
     validation.append(person)
   held_out = set(valid_pairs)
   train = []
   for i in np.flatnonzero(img_train == 1):
-    rects = annolist[i].annorect
-    if _empty(rects):
-      continue
-    for p, rect in enumerate(np.atleast_1d(rects)):
-      if (i, p) not in held_out:
-        person = person_from_rect(annolist[i].image.name, p, rect)
-        if person is not None:
-          train.append(person)
+    for p, person in enumerate(_image_persons(annolist, int(i), mat_path)):
+      if (i, p) not in held_out and person is not None:
+        train.append(person)
   return train, validation
 
 
@@ -183,6 +244,22 @@ def attach_head_sizes(persons: list[Person], valid: dict[str, np.ndarray]
   return matched
 
 
+def read_pseudo_3d(path: pathlib.Path) -> dict[str, np.ndarray]:
+  """Reads '<image>#<person>' -> [16, 3] arrays from an .npz file."""
+  try:
+    with np.load(path) as data:
+      out = {k: np.asarray(data[k], np.float32) for k in data.files}
+  except (OSError, ValueError) as e:
+    raise errors.InputError(f'{path}: not a readable .npz of pseudo-3D joints ({e})'
+                     ) from e
+  for key, value in out.items():
+    if value.shape != (K, 3) or '#' not in key:
+      raise errors.InputError(f'{path}: entry {key!r} has shape {value.shape}; '
+                       "expected keys '<image name>#<person index>' with "
+                       f'[{K}, 3] arrays (mm)')
+  return out
+
+
 def read_gt_valid(path: pathlib.Path) -> dict[str, np.ndarray]:
   """Reads the official evaluation file (`gt_valid.mat`).
 
@@ -191,6 +268,7 @@ def read_gt_valid(path: pathlib.Path) -> dict[str, np.ndarray]:
     [N, 16] (`jnt_missing` == 0), 'head_size': [N] 0.6 x the diagonal of
     `headboxes_src`}.
   """
+  mat_files.check(path)  # scipy can crash on a damaged file
   try:
     mat = scipy.io.loadmat(str(path))
     pos = np.asarray(mat['pos_gt_src'], np.float64).transpose(2, 0, 1)

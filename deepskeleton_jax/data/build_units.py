@@ -66,6 +66,20 @@ def side(kind: str, value: Any) -> tuple[str, str, Any]:
   return (SIDE, kind, value)
 
 
+def skip(path: Any, reason: str) -> tuple[str, str, Any]:
+  """Logs a bad file skipped by a non-strict build; its `skipped_files` side record.
+
+  Args:
+    path: the file.
+    reason: what is wrong with it.
+
+  Returns:
+    The side record (value [path, reason]).
+  """
+  logging.warning('skipping %s (strict=False): %s', path, reason)
+  return side(SKIPPED, [str(path), reason])
+
+
 def run_unit(process: Callable[[Any], Iterable[tuple]], strict: bool,
              unit: Any) -> list[tuple]:
   """All outputs of one unit, or a `skipped_files` record for a bad file.
@@ -83,8 +97,7 @@ def run_unit(process: Callable[[Any], Iterable[tuple]], strict: bool,
   except BadFileError as e:
     if strict:
       raise
-    logging.warning('skipping %s (strict=False): %s', e.path, e.reason)
-    return [side(SKIPPED, e.path)]
+    return [skip(e.path, e.reason)]
 
 
 def dataset_info(builder: tfds.core.DatasetBuilder, **kwargs
@@ -112,7 +125,7 @@ class BeamAware:
     super()._download_and_prepare(dl_manager, download_config)  # pytype: disable=attribute-error
     if self._unit_build is not None:
       records = self._unit_build.side_records()
-      skipped = sorted(set(records.pop(SKIPPED, [])))
+      skipped = sorted({path for path, _ in records.pop(SKIPPED, [])})
       self.info.metadata[SKIPPED] = skipped  # pytype: disable=attribute-error
       if skipped:
         logging.warning('%s: skipped %d bad files: %s', self.name, len(skipped),
@@ -155,6 +168,8 @@ class UnitBuild:
     self.use_beam = use_beam
     self._side_path = epath.Path(side_dir) / _SIDE_FILE.format(name=name)
     self._records: list[tuple[str, Any]] = []
+    # Sequential build: unit index -> its skipped files' [path, reason].
+    self._skipped: dict[int, list[list[str]]] = collections.defaultdict(list)
     self._spill_dir: str | None = None
     self._shared = None  # The Beam PCollection of all unit outputs.
     for unit in self.units:
@@ -183,22 +198,43 @@ class UnitBuild:
 
   def _sequential_split(self, split: str) -> Iterator[tuple[str, Any]]:
     done = False
+    num_examples = 0
     try:
       for index, unit in enumerate(self.units):
         if split not in unit.splits:
           continue
         if split == next(s for s in self.splits if s in unit.splits):
-          yield from self._run_and_spill(index, unit, split)
+          examples = self._run_and_spill(index, unit, split)
         else:
-          yield from self._unspill(index, split)
+          examples = self._unspill(index, split)
+        for example in examples:
+          num_examples += 1
+          yield example
+      if not num_examples:
+        raise self._empty_split_error(split)
       done = True
     finally:
       if not done or split == self.splits[-1]:
         self._cleanup()
 
+  def _empty_split_error(self, split: str) -> errors.InputError:
+    """A split without examples (TFDS would fail on it): its skipped files named."""
+    units = [i for i, unit in enumerate(self.units) if split in unit.splits]
+    skipped = [f'{path} ({reason})' for i in units for path, reason in self._skipped[i]]
+    if skipped:
+      why = (f'its only {"file was" if len(skipped) == 1 else "files were"} skipped as bad '
+             f'(strict=False): {"; ".join(skipped)}; fix or replace '
+             f'{"it" if len(skipped) == 1 else "them"}, or give the split other files')
+    else:
+      why = (f'none of its {len(units)} units of work (files, videos or image shards) gave '
+             'a valid example (see the counts of rejected examples above)')
+    return errors.InputError(f'{self.name}: split {split!r} has no examples: {why}')
+
   def _run_and_spill(self, index: int, unit: Any, split: str):
     later = collections.defaultdict(list)
     for item in run_unit(self.process, self.strict, unit):
+      if item[0] == SIDE and item[1] == SKIPPED:
+        self._skipped[index].append(item[2])
       if item[0] == SIDE:
         self._records.append((item[1], item[2]))
       elif item[0] == split:

@@ -74,9 +74,15 @@ def decode_image(data: bytes, name: str = '<bytes>') -> np.ndarray:
   Raises:
     errors.InputError: when the bytes are not a decodable image.
   """
-  arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-  if arr is None:
-    raise errors.InputError(f'{name}: not a decodable image ({len(data)} bytes)')
+  if not data:  # OpenCV asserts on an empty buffer instead of returning None.
+    raise errors.InputError(f'{name}: empty file (0 bytes); expected a JPEG or PNG image')
+  try:
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+  except cv2.error:  # a decoder that fails loudly rather than returning None
+    arr = None
+  if arr is None:  # IMREAD_COLOR gives 8-bit, 3 channels for anything it decodes
+    raise errors.InputError(f'{name}: not a decodable image ({len(data)} bytes); expected '
+                            'a JPEG or PNG image')
   return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
 
 

@@ -10,7 +10,9 @@ The folders are imported as subpackages of `deepskeleton_jax.datasets`
 (`deepskeleton_jax.datasets.<name>.<module>`, see there), once per process and
 without TFDS's global registration (which would clash with a second import).
 
-`data_config.builder_kwargs` overrides fields of the default config; the
+`data_config.builder_kwargs` overrides fields of the default config (typed
+and checked by `builder_options`; `set_builder_flags` applies the command
+line's `--config.data.builder_kwargs.<name>=value` flags); the
 resulting config is named after the default plus the non-default fields in
 sorted order (e.g. `default-crop_size_64-num_train_16`), so different options
 are stored in different directories and equal options find the same one.
@@ -41,13 +43,13 @@ from deepskeleton_jax import datasets as datasets_package
 from deepskeleton_jax import errors
 from deepskeleton_jax.data import example_format
 from deepskeleton_jax import files
+from deepskeleton_jax.data import builder_options
 
 # A checkout's datasets/ folder, or the installed package's own (see there).
 DATASETS_DIR = pathlib.Path(os.environ.get('DEEPSKELETON_DATASETS_DIR') or
                             next(iter(datasets_package.__path__)))
 PREPARE_COMMAND = 'python run.py --mode=prepare --config=<your config file and overrides>'
 _LOAD_LOCK = threading.RLock()
-_BASE_FIELDS = frozenset(f.name for f in dataclasses.fields(tfds.core.BuilderConfig))
 
 
 def available() -> list[str]:
@@ -113,32 +115,6 @@ def _format_value(value: Any) -> str:
   return ''.join(c if c.isalnum() or c in '.-' else '_' for c in text)
 
 
-def _coerce(key: str, default: Any, value: Any) -> Any:
-  """Converts an override to the type of the field's default value."""
-  def fail():
-    return errors.ConfigError(f'data.builder_kwargs.{key}: expected a value like '
-                      f'{default!r} ({type(default).__name__}), got {value!r}')
-  if isinstance(default, bool):
-    if not isinstance(value, bool):
-      raise fail()
-  elif isinstance(default, int):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-      raise fail()
-    value = int(value)
-  elif isinstance(default, float):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-      raise fail()
-    value = float(value)
-  elif isinstance(default, str):
-    if not isinstance(value, str):
-      raise fail()
-  elif isinstance(default, tuple):
-    if not isinstance(value, (list, tuple)):
-      raise fail()
-    value = tuple(value)
-  return value
-
-
 def make_config(cls: type[tfds.core.GeneratorBasedBuilder],
                 builder_kwargs: Any) -> tfds.core.BuilderConfig:
   """The builder config for `builder_kwargs` (the default config if empty).
@@ -157,15 +133,10 @@ def make_config(cls: type[tfds.core.GeneratorBasedBuilder],
   if not cls.BUILDER_CONFIGS:
     raise ValueError(f'{cls.__name__}.BUILDER_CONFIGS is empty')
   default = cls.BUILDER_CONFIGS[0]
-  options = {f.name: getattr(default, f.name) for f in dataclasses.fields(default)
-             if f.name not in _BASE_FIELDS}
   changed = {}
   for key, value in sorted(to_dict(builder_kwargs).items()):
-    if key not in options:
-      raise errors.ConfigError(f'data.builder_kwargs.{key}: not an option of {cls.name}; '
-                       f'options: {sorted(options)}')
-    value = _coerce(key, options[key], value)
-    if value != options[key]:
+    value = builder_options.option_value(cls, key, value, where=f'data.builder_kwargs.{key}')
+    if value != getattr(default, key):
       changed[key] = value
   if not changed:
     return default
@@ -179,6 +150,28 @@ def make_config(cls: type[tfds.core.GeneratorBasedBuilder],
   fields.update(changed, name=name,
                 description=f'{default.description or default.name} Overrides: {changed}')
   return type(default)(**fields)
+
+
+def set_builder_flags(data_config: Any, flags: list[tuple[str, str]]) -> None:
+  """Sets `--config.data.builder_kwargs[.<name>]` flags in `data_config.builder_kwargs`.
+
+  Any option of the builder `data_config.name` can be set, whether the config
+  file sets it or not; the dict form merges (see `builder_options`).
+
+  Args:
+    data_config: `config.data` (locked or not).
+    flags: (flag name, text) pairs from `config_lib.take_builder_flags`.
+
+  Raises:
+    errors.ConfigError: an unknown option (naming the valid ones) or a value of
+      the wrong type, naming the flag.
+  """
+  values = builder_options.parse_flags(builder_class(data_config.name), flags)
+  with data_config.unlocked():
+    for name, value in values.items():
+      if name in data_config.builder_kwargs:  # its type may differ (1 for 1.0)
+        del data_config.builder_kwargs[name]
+      data_config.builder_kwargs[name] = value
 
 
 def get_builder(data_config: Any) -> tfds.core.GeneratorBasedBuilder:
@@ -308,12 +301,7 @@ def prepare(data_config: Any) -> tfds.core.GeneratorBasedBuilder:
     logging.info('%s already built in %s', builder.name, builder.data_dir)
     return builder
   options = beam_options(data_config)
-  manual_dir = getattr(data_config, 'manual_dir', None) or None
-  if manual_dir:
-    manual_dir = os.path.expanduser(manual_dir)
-    if not os.path.isdir(manual_dir):
-      raise errors.ConfigError(f'data.manual_dir: {manual_dir} is not a directory '
-                       f'(expected the downloaded files of {builder.name})')
+  manual_dir = _manual_dir(builder, data_config)
   root = pathlib.Path(builder.data_dir_root)
   dataset_dir = root / builder.name
   parent = pathlib.Path(builder.data_dir).parent
@@ -355,6 +343,34 @@ def prepare(data_config: Any) -> tfds.core.GeneratorBasedBuilder:
       raise
   logging.info('%s built in %s', builder.name, builder.data_dir)
   return builder
+
+
+def _manual_dir(builder: tfds.core.DatasetBuilder, data_config: Any) -> str | None:
+  """`data.manual_dir` checked: a folder, or None where the builder needs none.
+
+  A builder with manual download instructions and no `manual_dir` reads TFDS's
+  default, `<data_dir>/downloads/manual`, when that holds files.
+
+  Raises:
+    errors.ConfigError: one line naming `config.data.manual_dir` and what the
+      builder expects there.
+  """
+  manual_dir = str(getattr(data_config, 'manual_dir', None) or '').strip()
+  instructions = getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None)
+  expected = (f'the folder of the manually downloaded files of {builder.name}'
+              + (f' ({instructions.strip().splitlines()[0].rstrip(":")})'
+                 if instructions else ''))
+  if manual_dir:
+    manual_dir = os.path.expanduser(manual_dir)
+    if not os.path.isdir(manual_dir):
+      raise errors.ConfigError(f'config.data.manual_dir: {manual_dir} is not a directory; '
+                               f'expected {expected}')
+    return manual_dir
+  default = pathlib.Path(builder.data_dir_root) / 'downloads' / 'manual'
+  if instructions and not (default.is_dir() and any(default.iterdir())):
+    raise errors.ConfigError(f'config.data.manual_dir is empty: expected {expected}, '
+                             'e.g. --config.data.manual_dir=/data/' + builder.name)
+  return None
 
 
 @contextlib.contextmanager

@@ -30,10 +30,10 @@ from typing import Any, Callable
 
 import h5py
 import numpy as np
-import scipy.io
 
 from deepskeleton_jax import errors
 from deepskeleton_jax.data import example_format
+from deepskeleton_jax.data import mat_files
 from deepskeleton_jax.evaluation import videopose3d
 from deepskeleton_jax.geometry import skeleton
 
@@ -50,7 +50,7 @@ def _read_fields(path: str, ext: str) -> dict[str, Any]:
   """Reads a detection file into {field name: array-like}."""
   if ext == '.mat':
     try:
-      data = scipy.io.loadmat(path)
+      data = mat_files.load(path)  # checked first: scipy can crash on a damaged file
     except NotImplementedError:  # MATLAB v7.3 files are HDF5.
       return _read_fields(path, '.h5')
     return {k: v for k, v in data.items() if not k.startswith('__')}
@@ -132,6 +132,8 @@ def load_detections(
                             f'expected one of {_READERS}')
   try:
     fields = _read_fields(path, ext)
+  except errors.UserError:
+    raise
   except Exception as e:  # pylint: disable=broad-except
     # Each reader fails its own way (MatReadError, OSError, JSONDecodeError..).
     raise errors.InputError(f'{path}: not a readable {ext} file ({e})') from e

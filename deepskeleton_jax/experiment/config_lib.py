@@ -341,6 +341,42 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
+BUILDER_FLAG = '--config.data.builder_kwargs'
+
+
+def take_builder_flags(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+  """Splits the `--config.data.builder_kwargs[.<name>]` flags off a command line.
+
+  ml_collections can only override keys that the config file sets; these
+  flags set any option of the dataset's builder instead, once the config (and
+  so `data.name`) is loaded: `registry.set_builder_flags` types and checks
+  them against the builder's options.
+
+  Args:
+    argv: the command line.
+
+  Returns:
+    (the other arguments, [(flag name, value text)] in order); `--flag=value`
+    and `--flag value` are both read.
+
+  Raises:
+    errors.ConfigError: such a flag without a value.
+  """
+  rest, taken = [], []
+  args = iter(argv)
+  for arg in args:
+    name, eq, value = arg.partition('=')
+    if name != BUILDER_FLAG and not name.startswith(BUILDER_FLAG + '.'):
+      rest.append(arg)
+      continue
+    if not eq:
+      value = next(args, None)
+      if value is None:
+        raise errors.ConfigError(f'flag {name}: expected {name}=VALUE')
+    taken.append((name, value))
+  return rest, taken
+
+
 def stage_list(config: ml_collections.ConfigDict) -> list[str]:
   """The stages named by `config.stages`, validated."""
   stages = [s.strip() for s in str(config.stages).split(',') if s.strip()]

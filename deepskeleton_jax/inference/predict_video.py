@@ -314,10 +314,7 @@ def smooth_track(track: Track, cfg: Any, fps: float) -> tuple[np.ndarray, np.nda
   return joints.astype(np.float32), pose.astype(np.float32)
 
 
-def _nan_to_none(x: np.ndarray) -> Any:
-  """A JSON value: the nested list, or None when any entry is NaN."""
-  x = np.asarray(x)
-  return None if not np.all(np.isfinite(x)) else np.round(x.astype(np.float64), 3).tolist()
+_nan_to_none = predict_lib.json_array
 
 
 def frame_records(track: Track, joints_2d: np.ndarray, pose: np.ndarray,

@@ -30,9 +30,9 @@ def parse_box(text: str, where: str) -> np.ndarray:
     vals = [float(v) for v in text.replace(',', ' ').split()]
   except ValueError:
     vals = []
-  if len(vals) != 4 or vals[2] <= vals[0] or vals[3] <= vals[1]:
+  if len(vals) != 4 or not np.all(np.isfinite(vals)) or vals[2] <= vals[0] or vals[3] <= vals[1]:
     raise errors.ConfigError(f"{where}: {text!r} is not a box; expected 'x0 y0 x1 y1' "
-                             'with x1 > x0 and y1 > y0')
+                             '(finite numbers) with x1 > x0 and y1 > y0')
   return np.array(vals, np.float32)
 
 
@@ -46,6 +46,15 @@ def parse_boxes(text: str, num_images: int) -> list[np.ndarray | None]:
         f'config.predict.boxes has {len(parts)} boxes for {num_images} images; '
         "expected one 'x0 y0 x1 y1' per image, separated by ';'")
   return [parse_box(p, 'config.predict.boxes') for p in parts]
+
+
+def json_array(x) -> list | float | None:
+  """An array as a JSON value: the nested list (3 decimals), or None if any entry is NaN/inf.
+
+  JSON has no NaN: outputs hold null where there is no finite result.
+  """
+  x = np.asarray(x)
+  return None if not np.all(np.isfinite(x)) else np.round(x.astype(np.float64), 3).tolist()
 
 
 def make_batch(images: list[np.ndarray], boxes: list[np.ndarray | None], crop_scales,

@@ -124,18 +124,27 @@ class FrameSource:
       cap.release()
 
 
-def check_box(box: np.ndarray, height: int, width: int) -> str | None:
+def check_box(box: np.ndarray, height: int, width: int, what: str = 'frame') -> str | None:
   """Why a box is not a person box in a `width` x `height` frame, or None.
 
-  A box must have x1 > x0, y1 > y0 and its centre inside the frame (it may
-  reach past the border: crops are padded).
+  A box must have finite x1 > x0, y1 > y0 and its centre inside the frame (it
+  may reach past the border: crops are padded). Image and video prediction
+  both check their boxes with this.
+
+  Args:
+    box: [4] x0 y0 x1 y1.
+    height, width: the frame or image.
+    what: 'frame' or 'image', for the message.
+
+  Returns:
+    The problem, or None for a good box.
   """
   if not np.all(np.isfinite(box)) or box[2] <= box[0] or box[3] <= box[1]:
-    return 'expected x0 y0 x1 y1 with x1 > x0 and y1 > y0'
+    return 'expected x0 y0 x1 y1 (finite numbers) with x1 > x0 and y1 > y0'
   cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
   if not (0 <= cx <= width and 0 <= cy <= height):
-    return (f'it lies outside the {width}x{height} frame; expected a box in frame pixels '
-            'whose centre is inside the frame')
+    return (f'it lies outside the {width}x{height} {what}; expected a box in {what} pixels '
+            f'whose centre is inside the {what}')
   return None
 
 
