@@ -429,15 +429,10 @@ READERS = [
     Reader('model_jax', _read_model, _make_model, _check_model, refusals=(ValueError,),
            isolated=True),
 ]
-# Rows whose damaged files still escape as other exceptions on this branch.
-_NOT_YET = {'model_jax': 'jax.export.deserialize raises struct.error, KeyError, ... and may '
-                         "accept a damaged artifact: the loader's check of model.json's "
-                         'artifact size and SHA-256 (branch faultsckpt) is the fix'}
 
 
-def _params(xfail: bool):
-  return [pytest.param(r, id=r.name, marks=[pytest.mark.xfail(strict=True, reason=_NOT_YET[r.name])]
-                       if xfail and r.name in _NOT_YET else []) for r in READERS]
+def _params():
+  return [pytest.param(r, id=r.name) for r in READERS]
 
 
 # ---------------------------------------------------------------------------
@@ -502,7 +497,7 @@ def _sample(reader: Reader, tmp_path: pathlib.Path) -> pathlib.Path:
   return reader.make(folder)
 
 
-@pytest.mark.parametrize('reader', _params(xfail=False))
+@pytest.mark.parametrize('reader', _params())
 def test_valid_sample_reads_and_wrong_shapes_are_refused(reader, tmp_path):
   sample = _sample(reader, tmp_path)
   reader.check(reader.read(sample))
@@ -548,7 +543,7 @@ def _campaign_in_a_child(reader: Reader, tmp_path: pathlib.Path) -> list[str]:
   return failures
 
 
-@pytest.mark.parametrize('reader', _params(xfail=True))
+@pytest.mark.parametrize('reader', _params())
 def test_damaged_files_give_a_result_or_one_line(reader, tmp_path):
   if reader.isolated:
     failures = _campaign_in_a_child(reader, tmp_path)

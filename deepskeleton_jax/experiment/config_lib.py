@@ -253,6 +253,22 @@ def hypothesis_list(config: ml_collections.ConfigDict) -> list[tuple[float, floa
   return list(zip(crops, widths))
 
 
+def _check_losses_and_eval(config: ml_collections.ConfigDict) -> None:
+  """The stages' loss choices and the evaluation's sizes and detection convention."""
+  _check(config.skeleton_net.loss in ('caffe', 'mean'), 'skeleton_net.loss',
+         config.skeleton_net.loss, "'caffe' or 'mean'")
+  for stage in ('regressor', 'direct_rgb', 'ensemble', 'lifting'):
+    _check(config[stage].loss in ('euclidean', 'distance'), f'{stage}.loss',
+           config[stage].loss, "'euclidean' or 'distance'")
+  _check(config.eval.batch_size > 0, 'eval.batch_size', config.eval.batch_size,
+         'a positive integer')
+  _check(config.eval.max_examples >= 0, 'eval.max_examples', config.eval.max_examples,
+         'a number of examples (0: the whole split)')
+  _check(config.eval.detections_convention in ('auto', 'one_based', 'zero_based', 'continuous'),
+         'eval.detections_convention', config.eval.detections_convention,
+         "'auto', 'one_based', 'zero_based' or 'continuous'")
+
+
 def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Derives dependent values and validates; call after flag overrides.
 
@@ -309,16 +325,8 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     dtype = config[stage].model.get('dtype', 'float32')
     _check(dtype in ('float32', 'bfloat16'), f'{stage}.model.dtype', dtype,
            "'float32' or 'bfloat16'")
-  _check(config.skeleton_net.loss in ('caffe', 'mean'), 'skeleton_net.loss',
-         config.skeleton_net.loss, "'caffe' or 'mean'")
-  for stage in ('regressor', 'direct_rgb', 'ensemble', 'lifting'):
-    _check(config[stage].loss in ('euclidean', 'distance'), f'{stage}.loss',
-           config[stage].loss, "'euclidean' or 'distance'")
   _check(config.ensemble.num_runs >= 1, 'ensemble.num_runs', config.ensemble.num_runs, '>= 1')
-  _check(config.eval.batch_size > 0, 'eval.batch_size', config.eval.batch_size,
-         'a positive integer')
-  _check(config.eval.max_examples >= 0, 'eval.max_examples', config.eval.max_examples,
-         'a number of examples (0: the whole split)')
+  _check_losses_and_eval(config)
   _check(config.parallel.hyp_map in ('auto', 'vmap', 'loop'), 'parallel.hyp_map',
          config.parallel.hyp_map, "'auto', 'vmap' or 'loop'")
   _check(config.regressor.input in ('gt', 'predicted'), 'regressor.input',
@@ -329,9 +337,6 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          config.regressor.gt_steps, 'a step count >= 0')
   _check(config.regressor.input_size % 32 == 0, 'regressor.input_size',
          config.regressor.input_size, 'a multiple of 32')
-  _check(config.eval.detections_convention in ('auto', 'one_based', 'zero_based', 'continuous'),
-         'eval.detections_convention', config.eval.detections_convention,
-         "'auto', 'one_based', 'zero_based' or 'continuous'")
   _check(config.hourglass.loss in ('mse', 'integral'), 'hourglass.loss',
          config.hourglass.loss, "'mse' or 'integral'")
   hg_div = 4 * 2 ** config.hourglass.model.depth
