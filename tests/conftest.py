@@ -44,6 +44,8 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     shared = 'tiny_pipeline' in getattr(item, 'fixturenames', ())
     item.add_marker(pytest.mark.xdist_group('tiny_pipeline' if shared else item.module.__name__))
+    if shared:
+      item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope='session')
