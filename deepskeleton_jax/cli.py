@@ -303,5 +303,10 @@ def run() -> None:
   sys.modules['__main__'].__doc__ = _USAGE.format(
       demo=demo_description(), prog=prog, names=textwrap.fill(', '.join(config_names()), 78, initial_indent='  ',
                                                       subsequent_indent='  '))
+  if any(arg in ('--help', '-?', '--helpshort') for arg in sys.argv[1:]):
+    # absl's own --help exits with status 1; asking for help is not an error.
+    app.usage(shorthelp=True, writeto_stdout=True)
+    print('\nTry --helpfull to get a list of all flags.')
+    sys.exit(0)
   with errors.one_line():
     app.run(main, flags_parser=errors.parse_flags)

@@ -1,10 +1,17 @@
-"""Session fixtures shared by the end-to-end, video and export tests.
+"""Session fixtures shared by the end-to-end, video and export tests; the fast tier.
 
 `tiny_pipeline` builds the tiny synthetic set and trains every stage of
 configs/tiny.py for a few steps, once per session, so each program compiles
 once (the checkpoints are tiny and untrained: they test plumbing, not
 accuracy); `synthetic_clip` renders a 30-frame video of a walking person
 with known joints and boxes.
+
+The fast tier, `python -m pytest -q -m "not slow"`, leaves out the tests
+marked `slow` here (and in their own files: wheel_test, device_check_test):
+every test of the trained tiny pipeline, the multi-process and Beam modules,
+subprocess runs of the trainer, full-size traces, and unit tests that compile
+or train for more than a few seconds (measured with `--durations`), while
+each module keeps its quick unit tests.
 """
 
 import pathlib
@@ -33,17 +40,50 @@ class TinyPipeline:
     return config_lib.finalize(config)
 
 
+# Whole modules out of the fast tier: several processes, or Apache Beam.
+SLOW_MODULES = ('beam_build_test', 'multihost_test')
+# Tests (every parametrization) out of the fast tier, by module.
+SLOW_TESTS = {
+    'benchmark_test': ('test_mfu_does_not_change_with_the_number_of_devices',),
+    'fault_tolerance_test': ('test_sigterm_saves_exits_0_and_rerun_continues',
+                             'test_sigkill_anywhere_then_rerun_matches_uninterrupted',
+                             'test_nonfinite_update_is_skipped_and_recorded'),
+    'hourglass_test': ('test_tiny_forward_backward', 'test_loss_decreases',
+                       'test_bfloat16_compute_returns_float32'),
+    'hypotheses_test': ('test_apply_stacked_train_mode_and_gradients_equal_separate_applies',),
+    'input_pipeline_test': ('test_worker_processes_give_the_same_batches',),
+    'lifting_test': ('test_loss_decreases',),
+    'paper_configs_test': ('test_train_and_eval_steps_trace_at_full_size',),
+    'predict_video_test': ('test_bad_video_is_one_line_from_run_py',),
+    'pretrained_test': ('test_six_channel_first_conv_adaptation',
+                        'test_safetensors_round_trip_matches_numpy_reference'),
+    'resnet_test': ('test_remat_matches_plain_model', 'test_tiny_forward_shapes_and_backward',
+                    'test_bfloat16_compute_keeps_float32_parameters_and_statistics'),
+    'stages_test': ('test_predicted_input_mixes_rendered_and_predicted_maps_by_step',),
+}
+
+
+def is_slow(item) -> bool:
+  """Whether the fast tier leaves `item` out (see the module docstring)."""
+  module = item.module.__name__.rpartition('.')[2]
+  return ('tiny_pipeline' in getattr(item, 'fixturenames', ()) or module in SLOW_MODULES
+          or item.originalname in SLOW_TESTS.get(module, ()))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-  """Groups tests for `pytest -n N --dist loadgroup` (pytest-xdist, see pytest.ini).
+  """Groups tests for `pytest -n N --dist loadgroup` and marks the slow tier.
 
   Each test module runs on one worker (its module fixtures compile once), and
-  every test of the session-trained tiny pipeline on one worker (it trains once).
+  every test of the session-trained tiny pipeline on one worker (it trains
+  once); `is_slow` tests get the `slow` marker (`-m "not slow"`: the fast tier).
   """
   del config
   for item in items:
     shared = 'tiny_pipeline' in getattr(item, 'fixturenames', ())
     item.add_marker(pytest.mark.xdist_group('tiny_pipeline' if shared else item.module.__name__))
+    if is_slow(item):
+      item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope='session')

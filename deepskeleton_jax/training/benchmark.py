@@ -65,7 +65,8 @@ def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int,
   }
 
 
-def _peak_flops(dtype: str) -> float | None:
+def peak_flops(dtype: str) -> float | None:
+  """Device 0's dense peak FLOP/s at `dtype` (None: a card PEAK_FLOPS lacks, or CPU)."""
   kind = jax.devices()[0].device_kind
   for name, peaks in PEAK_FLOPS.items():
     if name.lower() in kind.lower():
@@ -73,7 +74,7 @@ def _peak_flops(dtype: str) -> float | None:
   return None
 
 
-def _device_peak_memory() -> int | None:
+def device_peak_memory() -> int | None:
   """The backend's peak bytes in use so far on device 0 (None on CPU)."""
   try:
     stats = jax.local_devices()[0].memory_stats() or {}
@@ -257,7 +258,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       results['rows'].append(row)
       continue
     row['train_mfu'] = mfu(tr['flops_per_device_step'], tr['seconds_per_step'],
-                           _peak_flops(dtype))
+                           peak_flops(dtype))
     if not remat and accum == 1:  # The references, once per stage, dtype and batch.
       plain = bench_train_step(cfg, name, bs, bcfg.steps, sharded=False)
       row['plain_train_images_per_s'] = plain['images_per_s']
@@ -270,7 +271,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                                           one['images_per_s'])
       inf = bench_inference(cfg, name, bs, bcfg.steps)
       row.update({f'infer_{k}': v for k, v in inf.items()})
-    row['device_peak_memory_bytes'] = _device_peak_memory()
+    row['device_peak_memory_bytes'] = device_peak_memory()
     results['rows'].append(row)
   if not bcfg.compile_only:
     from deepskeleton_jax.benchmarks import input_benchmark  # pylint: disable=g-import-not-at-top
