@@ -8,18 +8,20 @@ RGB person crops, one per crop scale of `model.json`'s `preprocessing`
 (`crop` below makes them from an image array and a person box). OUT.npz gets
 every output under its `model.json` name. This file imports neither flax
 nor deepskeleton_jax: copy it next to the artifact and serve from there.
+`crop` and `to_image` need numpy alone (an ONNX server uses them too, see
+examples/serve_onnx.py).
 """
 
 import json
 import os
 import sys
 
-import jax
 import numpy as np
 
 
 def load(export_dir):
   """Returns (fn: crops -> {name: array}, spec: model.json as a dict)."""
+  import jax  # pylint: disable=g-import-not-at-top  (crop and to_image need numpy only)
   with open(os.path.join(export_dir, 'model.json')) as f:
     spec = json.load(f)
   with open(os.path.join(export_dir, 'model.jax'), 'rb') as f:

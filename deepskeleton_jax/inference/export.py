@@ -1,10 +1,13 @@
-"""`--mode=export`: the whole inference function as one `jax.export` artifact.
+"""`--mode=export`: the whole inference function as one artifact, `jax.export` or ONNX.
 
   python run.py --mode=export --config=configs/demo.py --workdir=workdir/demo
+  python run.py --mode=export --config=configs/demo.py --workdir=workdir/demo \\
+      --config.export.format=onnx
 
 writes `WORKDIR/export/` (or `config.export.output_dir`):
 
-- `model.jax`: `jax.export.Exported.serialize()` of `pipeline.make_pipeline_fn`
+- `model.jax` (`config.export.format='jax'`, the default):
+  `jax.export.Exported.serialize()` of `pipeline.make_pipeline_fn`
   (crops at every crop scale -> skeleton maps of every hypothesis ->
   regressors -> hourglass 2D detections -> matching -> the chosen 3D pose)
   with the trained variables baked in as constants, a symbolic batch
@@ -12,19 +15,30 @@ writes `WORKDIR/export/` (or `config.export.output_dir`):
   (default cpu and cuda: lowering needs no GPU, so a CPU machine exports for
   both). StableHLO with jax.export's compatibility guarantees: a later jax
   deserializes and runs it.
+- `model.onnx` (`config.export.format='onnx'`): the same function, matching
+  included, as an ONNX graph (opset `onnx_convert.OPSET`, batch dimension
+  `b`), written by this project's jaxpr -> ONNX converter
+  (`onnx_convert.py`, needs the optional `onnx` package) from the traced
+  function with the hypotheses unrolled (`hyp_map='loop'`).
 - `model.json`: the inputs and outputs in call order (`name`, `shape` with
   "b" for the batch dimension, `dtype`), and the preprocessing a caller must
   reproduce (crop size and scales, pixel convention, the normalisation the
-  artifact applies itself).
+  artifact applies itself); `format` and `file` name the artifact.
 
 Serving needs only `jax` and `numpy` (see `examples/serve_exported.py`):
 
   exported = jax.export.deserialize(open('model.jax', 'rb').read())
   pose, chosen, hyps, joints_2d, confidence, maps = exported.call(crops)
+
+or only `onnxruntime` and `numpy` (see `examples/serve_onnx.py`):
+
+  session = onnxruntime.InferenceSession('model.onnx')
+  pose, chosen, hyps, joints_2d, confidence, maps = session.run(None, {'crops': crops})
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -42,6 +56,7 @@ from deepskeleton_jax.geometry import skeleton
 from deepskeleton_jax.experiment import stages as stages_lib
 
 PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
+FORMATS = ('jax', 'onnx')  # config.export.format
 # Outputs of the artifact, in call order, with their descriptions.
 OUTPUTS = (
     ('pose', 'chosen 3D pose, mm, camera frame, root-relative (thorax)'),
@@ -59,6 +74,15 @@ def _check_platforms(platforms) -> tuple[str, ...]:
     raise errors.ConfigError(f'config.export.platforms={platforms!r} is invalid: expected '
                              f'a non-empty subset of {PLATFORMS}')
   return platforms
+
+
+def _check_format(config: ml_collections.ConfigDict) -> str:
+  fmt = config.export.format
+  if fmt not in FORMATS:
+    raise errors.ConfigError(f'config.export.format={fmt!r} is invalid: expected one of '
+                             f"{FORMATS} ('jax': model.jax for jax.export, 'onnx': model.onnx "
+                             'for ONNX Runtime)')
+  return fmt
 
 
 def serving_fn(config: ml_collections.ConfigDict, loaded: dict[str, Any]):
@@ -98,16 +122,28 @@ def _describe(aval: Any, name: str, doc: str) -> dict[str, Any]:
   return {'name': name, 'shape': shape, 'dtype': str(np.dtype(aval.dtype)), 'description': doc}
 
 
-def describe(config: ml_collections.ConfigDict, exported: jax.export.Exported,
-             steps: dict[str, int]) -> dict[str, Any]:
-  """The `model.json` record of an exported pipeline."""
+def describe(config: ml_collections.ConfigDict, in_avals, out_avals,
+             steps: dict[str, int], artifact: dict[str, Any]) -> dict[str, Any]:
+  """The `model.json` record of an exported pipeline.
+
+  Args:
+    config: finalised config.
+    in_avals: the artifact's input (abstract values, batch dimension `b`).
+    out_avals: its outputs, in `OUTPUTS` order.
+    steps: the training step of each exported stage.
+    artifact: format-specific entries (`format`, `file`, ...), merged in.
+
+  Returns:
+    The record.
+  """
   lay = stages_lib.layout(config)
   scales = [float(c) for c in config.data.crop_scales]
   return {
-      'inputs': [_describe(exported.in_avals[0], 'crops', 'uint8 RGB person crops, one '
+      **artifact,
+      'inputs': [_describe(in_avals[0], 'crops', 'uint8 RGB person crops, one '
                            'per crop scale (preprocessing.crop_scales), each of side '
                            'crop_size pixels')],
-      'outputs': [_describe(a, n, d) for a, (n, d) in zip(exported.out_avals, OUTPUTS)],
+      'outputs': [_describe(a, n, d) for a, (n, d) in zip(out_avals, OUTPUTS)],
       'preprocessing': {
           'crop_size': lay.input_size,
           'crop_scales': scales,
@@ -128,11 +164,81 @@ def describe(config: ml_collections.ConfigDict, exported: jax.export.Exported,
       },
       'hypotheses': [list(h) for h in lay.hypotheses],
       'joint_names': list(skeleton.JOINT_NAMES),
-      'matching': 'scaled orthographic reprojection error, joints weighted by confidence',
-      'platforms': list(exported.platforms),
+      'matching': 'scaled orthographic reprojection error, joints weighted by confidence '
+                  '(inside the artifact)',
       'stages': steps,
       'jax_version': jax.__version__,
   }
+
+
+def _to_jax(config: ml_collections.ConfigDict, loaded: dict[str, Any]):
+  """(serialized model.jax, input avals, output avals, model.json entries)."""
+  platforms = _check_platforms(config.export.platforms)
+  exported = jax.export.export(jax.jit(serving_fn(config, loaded)),
+                               platforms=platforms)(input_spec(config))
+  try:
+    data = exported.serialize()
+  except ImportError as e:  # jax imports flatbuffers only to serialize
+    raise errors.UserError(f'--mode=export cannot serialize the artifact ({e}): '
+                           'pip install flatbuffers (see requirements.txt)') from None
+  return (bytes(data), exported.in_avals, exported.out_avals,
+          {'format': 'jax', 'file': 'model.jax', 'platforms': list(exported.platforms)})
+
+
+def _to_onnx(config: ml_collections.ConfigDict, loaded: dict[str, Any]):
+  """(serialized model.onnx, input avals, output avals, model.json entries)."""
+  try:
+    import onnx  # pylint: disable=g-import-not-at-top
+    from deepskeleton_jax.inference import onnx_convert  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise errors.ConfigError(
+        f"config.export.format='onnx' needs the onnx package ({e}): pip install "
+        "-r requirements-onnx.txt, or use config.export.format='jax'") from None
+  # Unrolled hypotheses: ordinary convolutions (vmap batches them into grouped
+  # ones with the hypothesis axis folded in, which ONNX spells worse).
+  unrolled = {k: {**v, 'stage': dataclasses.replace(v['stage'], hyp_map='loop')}
+              for k, v in loaded.items()}
+  closed = jax.make_jaxpr(serving_fn(config, unrolled))(input_spec(config))
+  try:
+    model = onnx_convert.convert(closed, ['crops'], [name for name, _ in OUTPUTS],
+                                 doc='DeepSkeleton-JAX pipeline: see model.json')
+  except onnx_convert.UnsupportedError as e:
+    raise errors.ConfigError(
+        f"config.export.format='onnx' cannot convert this pipeline: {e}; the ONNX "
+        f"converter supports the lax primitives {', '.join(onnx_convert.PRIMITIVES)}; "
+        f"config.export.format='jax' exports any pipeline (formats: {FORMATS})") from None
+  onnx.checker.check_model(model)
+  return (model.SerializeToString(), closed.in_avals, closed.out_avals,
+          {'format': 'onnx', 'file': 'model.onnx', 'opset': onnx_convert.OPSET,
+           'onnx_version': onnx.__version__})
+
+
+def write(config: ml_collections.ConfigDict, loaded: dict[str, Any],
+          out_dir: str) -> dict[str, str]:
+  """Writes the artifact of `config.export.format` and model.json into `out_dir`.
+
+  Args:
+    config: finalised config.
+    loaded: `pipeline.load_stages` output (skeleton_net and regressor,
+      optionally hourglass; a `step` per stage, else -1 is recorded).
+    out_dir: created if missing.
+
+  Returns:
+    {'model': path of model.jax or model.onnx, 'spec': path of model.json}.
+  """
+  fmt = _check_format(config)
+  data, in_avals, out_avals, artifact = (_to_jax if fmt == 'jax' else _to_onnx)(config, loaded)
+  os.makedirs(out_dir, exist_ok=True)
+  paths = {'model': os.path.join(out_dir, artifact['file']),
+           'spec': os.path.join(out_dir, 'model.json')}
+  spec = describe(config, in_avals, out_avals,
+                  {k: int(v.get('step', -1)) for k, v in loaded.items()}, artifact)
+  files.write_bytes(paths['model'], data)
+  files.write_text(paths['spec'], json.dumps(spec, indent=1))
+  logging.info('export: %s (%.1f MB, %s) and %s', paths['model'], len(data) / 1e6,
+               ', '.join(f'{k} {v}' for k, v in artifact.items() if k not in ('file',)),
+               paths['spec'])
+  return paths
 
 
 def export(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
@@ -145,25 +251,10 @@ def export(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
       hypothesis is chosen).
 
   Returns:
-    {'model': path of model.jax, 'spec': path of model.json}.
+    {'model': path of model.jax or model.onnx, 'spec': path of model.json}.
   """
-  platforms = _check_platforms(config.export.platforms)
+  if _check_format(config) == 'jax':  # before the slow load
+    _check_platforms(config.export.platforms)
   loaded = pipeline.load_stages(config, workdir, ('skeleton_net', 'regressor', 'hourglass'),
                                  required=('skeleton_net', 'regressor'))
-  exported = jax.export.export(jax.jit(serving_fn(config, loaded)),
-                               platforms=platforms)(input_spec(config))
-  try:
-    data = exported.serialize()
-  except ImportError as e:  # jax imports flatbuffers only to serialize
-    raise errors.UserError(f'--mode=export cannot serialize the artifact ({e}): '
-                           'pip install flatbuffers (see requirements.txt)') from None
-  out_dir = config.export.output_dir or os.path.join(workdir, 'export')
-  os.makedirs(out_dir, exist_ok=True)
-  paths = {'model': os.path.join(out_dir, 'model.jax'),
-           'spec': os.path.join(out_dir, 'model.json')}
-  spec = describe(config, exported, {k: v['step'] for k, v in loaded.items()})
-  files.write_bytes(paths['model'], bytes(data))
-  files.write_text(paths['spec'], json.dumps(spec, indent=1))
-  logging.info('export: %s (%.1f MB, platforms %s, stages %s) and %s', paths['model'],
-               len(data) / 1e6, ', '.join(platforms), spec['stages'], paths['spec'])
-  return paths
+  return write(config, loaded, config.export.output_dir or os.path.join(workdir, 'export'))
