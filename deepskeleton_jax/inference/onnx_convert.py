@@ -294,14 +294,22 @@ def _pad(b: Builder, eqn, ins):
 def _iota(b: Builder, eqn, ins):
   del ins
   p = eqn.params
-  shape = tuple(p['shape'])
-  if not all(is_int(d) for d in shape):
-    raise unsupported(eqn, 'symbolic shape')
-  dim = int(p['dimension'])
-  line = np.arange(shape[dim], dtype=np.dtype(p['dtype']))
+  shape, dim, dtype = tuple(p['shape']), int(p['dimension']), np.dtype(p['dtype'])
   view = [1] * len(shape)
   view[dim] = shape[dim]
-  return [b.const(np.broadcast_to(line.reshape(view), shape).copy())]
+  if all(is_int(d) for d in shape):
+    line = np.arange(shape[dim], dtype=dtype).reshape(view)
+    return [b.const(np.broadcast_to(line, shape).copy())]
+  size = b.op('Squeeze', [b.shape([shape[dim]])])
+  line = b.op('Range', [b.const(0, np.int64), size, b.const(1, np.int64)])
+  line = b.reshape(b.op('Cast', [line], to=onnx_dtype(dtype)), view)
+  return [b.op('Expand', [line, b.shape(shape)])]
+
+
+def _dim_as_value(b: Builder, eqn, ins):
+  del ins
+  value = b.shape([eqn.params['dim']])
+  return [b.op('Cast', [b.op('Squeeze', [value])], to=onnx_dtype(_aval(eqn.outvars[0]).dtype))]
 
 
 def _identity_all(b: Builder, eqn, ins):
@@ -356,7 +364,7 @@ def rules() -> dict[str, Rule]:
       'transpose': _transpose, 'slice': _slice, 'rev': _rev, 'concatenate': _concatenate,
       'stack': _stack, 'split': _split, 'pad': _pad, 'iota': _iota,
       'optimization_barrier': _identity_all, 'argmax': _argminmax, 'argmin': _argminmax,
-      'cumsum': _cumulative})
+      'cumsum': _cumulative, 'dim_as_value': _dim_as_value})
   table.update(onnx_ops.RULES)
   return table
 

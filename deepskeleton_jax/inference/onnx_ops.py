@@ -11,10 +11,11 @@
   last, the others folded into ONNX's batch axis, then `MaxPool` (padding
   never wins, as lax's -inf) or a convolution with a kernel of ones (zero
   padding, as lax's 0).
-- `gather`: the two forms jnp's indexing produces, `x[..., i, ...]` /
-  `jnp.take` (ONNX `Gather`) and `take_along_axis` with batch dimensions
-  (ONNX `GatherND` with `batch_dims`), with lax's index modes (clamped, or
-  `fill_value` out of bounds).
+- `gather`: ONNX `GatherND` (with `batch_dims` for lax's batching
+  dimensions) on the start indices expanded over the slice windows, clamped
+  so that the slice fits as lax does (`fill_value` where a start was out of
+  bounds in mode FILL_OR_DROP); the dimensions that are not indexed must be
+  taken whole (all the forms jnp's indexing and `take_along_axis` produce).
 - `dot_general`: `MatMul` for a dense layer, else `Einsum`.
 """
 
@@ -126,52 +127,71 @@ def _fill_value(eqn):
   return np.asarray(info.min if np.issubdtype(dtype, np.signedinteger) else info.max, dtype)
 
 
-def _gather_form(eqn) -> tuple[str, int]:
-  """('nd', batch dims) for GatherND, ('axis', axis) for Gather; else raises."""
-  dn, p = eqn.params['dimension_numbers'], eqn.params
+def _gather_index(b: oc.Builder, eqn, index: str):
+  """Clamped start indices expanded over the slice windows, and the in-bounds mask.
+
+  Returns:
+    (int64 [index dims..., window sizes..., m] element indices of every
+    gathered element along the indexed dimensions, bool [index dims...]
+    whether the start was in bounds).
+  """
+  dn, sizes = eqn.params['dimension_numbers'], eqn.params['slice_sizes']
   shape = eqn.invars[0].aval.shape
-  index_shape = eqn.invars[1].aval.shape
-  out_rank = len(eqn.outvars[0].aval.shape)
-  sim = tuple(dn.start_index_map)
-  nb, m = len(dn.operand_batching_dims), len(sim)
-  full = lambda dims: all(oc.same_dim(p['slice_sizes'][i], shape[i]) for i in dims)
-  if (oc.is_int(index_shape[-1], m) and tuple(dn.collapsed_slice_dims) == sim
-      and all(oc.is_int(p['slice_sizes'][i], 1) for i in sim)):
-    rest = [i for i in range(len(shape)) if i not in sim and i not in dn.operand_batching_dims]
-    if (tuple(dn.operand_batching_dims) == tuple(range(nb))
-        and tuple(dn.start_indices_batching_dims) == tuple(range(nb))
-        and sim == tuple(range(nb, nb + m)) and full(rest)
-        and tuple(dn.offset_dims) == tuple(range(out_rank - len(rest), out_rank))):
-      return 'nd', nb
-    batch_at = [i for i in range(out_rank) if i not in dn.offset_dims]
-    if nb == 0 and m == 1 and full(rest) and batch_at == list(
-        range(sim[0], sim[0] + len(index_shape) - 1)):
-      return 'axis', sim[0]
-  raise oc.unsupported(eqn, f'gather form {dn} with slice sizes {p["slice_sizes"]}')
+  sim = list(dn.start_index_map)
+  if not all(oc.is_int(shape[d]) and oc.is_int(sizes[d]) for d in sim):
+    raise oc.unsupported(eqn, 'gather along a symbolic dimension')
+  index = b.op('Cast', [index], to=TensorProto.INT64)
+  clamped = b.op('Max', [b.op('Min', [index, b.ints([shape[d] - sizes[d] for d in sim])]),
+                         b.ints([0])])
+  inside = b.op('ReduceMin', [b.op('Cast', [b.op('Equal', [index, clamped])],
+                                   to=TensorProto.INT32), b.ints([-1])], keepdims=0)
+  windows = [j for j, d in enumerate(sim) if d not in dn.collapsed_slice_dims]
+  if windows:  # start + 0..size-1 along each windowed dimension, on new axes
+    rank = len(eqn.invars[1].aval.shape)
+    offsets = np.zeros([int(sizes[sim[j]]) for j in windows] + [len(sim)], np.int64)
+    for axis, j in enumerate(windows):
+      view = [1] * len(windows)
+      view[axis] = offsets.shape[axis]
+      offsets[..., j] += np.arange(offsets.shape[axis]).reshape(view)
+    clamped = b.op('Add', [b.op('Unsqueeze', [clamped, b.ints(range(rank - 1, rank - 1 + len(
+        windows)))]), b.const(offsets)])
+  return clamped, b.op('Cast', [inside], to=TensorProto.BOOL)
 
 
 def _gather(b: oc.Builder, eqn, ins):
-  form, k = _gather_form(eqn)
-  shape = eqn.invars[0].aval.shape
-  index_shape = eqn.invars[1].aval.shape
-  sizes = [shape[i] for i in eqn.params['dimension_numbers'].start_index_map]
-  if not all(oc.is_int(s) for s in sizes):
-    raise oc.unsupported(eqn, 'gather along a symbolic dimension')
-  index = b.op('Cast', [ins[1]], to=TensorProto.INT64)
-  clamped = b.op('Max', [b.op('Min', [index, b.ints([s - 1 for s in sizes])]), b.ints([0])])
-  if form == 'nd':
-    y = b.op('GatherND', [ins[0], clamped], batch_dims=k)
-    mask_shape = list(index_shape[:-1]) + [1] * (len(shape) - len(sizes) - k)
-  else:
-    y = b.op('Gather', [ins[0], b.reshape(clamped, index_shape[:-1])], axis=k)
-    mask_shape = [1] * k + list(index_shape[:-1]) + [1] * (len(shape) - 1 - k)
-  if eqn.params['mode'].name != 'FILL_OR_DROP':  # CLIP, PROMISE_IN_BOUNDS: clamped
-    return [y]
-  inside = b.op('Equal', [index, clamped])
-  inside = b.op('ReduceMin', [b.op('Cast', [inside], to=TensorProto.INT32), b.ints([-1])],
-                keepdims=0)
-  inside = b.reshape(b.op('Cast', [inside], to=TensorProto.BOOL), mask_shape)
-  return [b.op('Where', [inside, y, b.const(_fill_value(eqn))])]
+  """Any lax gather whose unindexed dimensions are taken whole, as ONNX GatherND.
+
+  The operand is transposed to [batching dims, indexed dims, the rest], the
+  indices to [their batching dims, other index dims, windows, vector];
+  GatherND (batch_dims = the batching dims) then gives [index dims, windows,
+  rest], transposed to lax's output layout.
+  """
+  dn, p = eqn.params['dimension_numbers'], eqn.params
+  shape, index_shape = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
+  sim, ob, ib = list(dn.start_index_map), list(dn.operand_batching_dims), list(
+      dn.start_indices_batching_dims)
+  rest = [d for d in range(len(shape)) if d not in sim and d not in ob]
+  if not oc.is_int(index_shape[-1], len(sim)) or not all(
+      oc.same_dim(p['slice_sizes'][d], shape[d]) for d in rest):
+    raise oc.unsupported(eqn, f'gather form {dn} with slice sizes {p["slice_sizes"]}')
+  index, inside = _gather_index(b, eqn, ins[1])
+  windows = [d for d in sim if d not in dn.collapsed_slice_dims]
+  nidx = len(index_shape) - 1
+  others = [i for i in range(nidx) if i not in ib]
+  index = b.transpose(index, ib + others + list(range(nidx, nidx + len(windows) + 1)))
+  y = b.op('GatherND', [b.transpose(ins[0], ob + sim + rest), index], batch_dims=len(ob))
+  if p['mode'].name == 'FILL_OR_DROP':
+    mask = b.reshape(b.transpose(inside, ib + others),
+                     [index_shape[i] for i in ib + others] + [1] * (len(windows) + len(rest)))
+    y = b.op('Where', [mask, y, b.const(_fill_value(eqn))])
+  labels = [('i', i) for i in ib + others] + [('o', d) for d in windows + rest]
+  offset_dims = list(dn.offset_dims)
+  offset_operand = sorted(windows + rest)
+  out_rank = len(eqn.outvars[0].aval.shape)
+  batch_at = [q for q in range(out_rank) if q not in offset_dims]
+  target = [('i', batch_at.index(q)) if q in batch_at
+            else ('o', offset_operand[offset_dims.index(q)]) for q in range(out_rank)]
+  return [b.transpose(y, [labels.index(t) for t in target])]
 
 
 def _dot_general(b: oc.Builder, eqn, ins):
