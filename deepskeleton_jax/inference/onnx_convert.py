@@ -61,6 +61,7 @@ class Builder:
     self.initializers: list[onnx.TensorProto] = []
     self._ids = itertools.count()
     self._small = {}
+    self.constant: dict[str, Any] = {}  # names computable from initializers alone
     self._symbols = symbols          # symbolic dim -> (input name, axis)
     self._symbol_values = {}         # symbolic dim -> int64 [1] tensor name
 
@@ -71,6 +72,8 @@ class Builder:
     """Appends one node; returns its output name (a list if several)."""
     outs = [self.fresh(op_type.lower()) for _ in range(num_outputs)]
     self.nodes.append(helper.make_node(op_type, list(inputs), outs, **attrs))
+    if inputs and all(x in self.constant for x in inputs):
+      self.constant.update((o, None) for o in outs)  # ONNX Runtime folds these
     return outs[0] if num_outputs == 1 else outs
 
   def const(self, value: Any, dtype: Any = None) -> str:
@@ -81,6 +84,7 @@ class Builder:
       return self._small[key]
     name = self.fresh('const')
     self.initializers.append(numpy_helper.from_array(arr, name))
+    self.constant[name] = arr if key is not None else None
     if key is not None:
       self._small[key] = name
     return name
@@ -150,8 +154,19 @@ def _logical(b: Builder, eqn, ins):
   return [b.op(boolean if is_bool else bitwise, ins)]
 
 
+def _is_zero(b: Builder, name: str) -> bool:
+  value = b.constant.get(name)
+  return value is not None and not np.any(value)
+
+
 def _elementwise(b: Builder, eqn, ins):
   name = eqn.primitive.name
+  # Spelled so that ONNX Runtime fuses them into convolutions: x - c = x + (-c)
+  # exactly (batch norm's centring), max(x, 0) = Relu(x).
+  if name == 'sub' and ins[1] in b.constant:
+    return [b.op('Add', [ins[0], b.op('Neg', [ins[1]])])]
+  if name == 'max' and (_is_zero(b, ins[0]) or _is_zero(b, ins[1])):
+    return [b.op('Relu', [ins[1] if _is_zero(b, ins[0]) else ins[0]])]
   if name in _UNARY:
     return [b.op(_UNARY[name], ins)]
   if name in _BINARY:
