@@ -3,7 +3,9 @@
   python examples/serve_onnx.py EXPORT_DIR CROPS.npy OUT.npz
 
 EXPORT_DIR holds `model.onnx` and `model.json` from
-`python run.py --mode=export --config.export.format=onnx`; CROPS.npy is a
+`python run.py --mode=export --config.export.format=onnx` (and, for models
+over 1 GiB, the weights in `model.onnx.data`, which ONNX Runtime finds beside
+the model); CROPS.npy is a
 uint8 array [b, C, S, S, 3] of RGB person crops, one per crop scale of
 `model.json`'s `preprocessing` (`crop` in examples/serve_exported.py makes
 them from an image and a person box with numpy alone). OUT.npz gets every

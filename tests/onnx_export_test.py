@@ -194,6 +194,33 @@ def test_onnx_runtime_gives_the_jax_artifacts_outputs(loss, random_tiny_stages, 
   np.testing.assert_array_equal(got['pose'], got['hyps'][np.arange(5), got['chosen']])
 
 
+@needs_onnx
+def test_large_models_keep_their_weights_in_a_data_file(random_tiny_stages, tmp_path,
+                                                        monkeypatch):
+  """Past onnx_convert.INLINE_BYTES (2 GiB protobuf limit) the weights go to model.onnx.data."""
+  from deepskeleton_jax.inference import onnx_convert  # pylint: disable=g-import-not-at-top
+  config = _tiny_config('onnx')
+  inline = export.write(config, random_tiny_stages, str(tmp_path / 'inline'))
+  monkeypatch.setattr(onnx_convert, 'INLINE_BYTES', 0)
+  paths = export.write(config, random_tiny_stages, str(tmp_path / 'external'))
+  assert sorted(p.name for p in (tmp_path / 'external').iterdir()) == [
+      'model.json', 'model.onnx', 'model.onnx.data']
+  assert json.loads(pathlib.Path(paths['spec']).read_text())['files'] == [
+      'model.onnx', 'model.onnx.data']
+  import onnx  # pylint: disable=g-import-not-at-top
+  tensors = onnx.load(inline['model']).graph.initializer
+  moved = sum(len(t.raw_data) for t in tensors if len(t.raw_data) >= 1024)
+  assert (tmp_path / 'external' / 'model.onnx.data').stat().st_size == moved > 0
+  inline_bytes = pathlib.Path(inline['model']).stat().st_size
+  assert pathlib.Path(paths['model']).stat().st_size < inline_bytes - 0.9 * moved
+  crops = np.random.default_rng(3).integers(0, 256, (2, 2, 32, 32, 3), dtype=np.uint8)
+  serve = onnx_benchmark.load_example('serve_onnx')
+  want = serve.load(str(tmp_path / 'inline'))[0](crops)
+  got = serve.load(str(tmp_path / 'external'))[0](crops)
+  for key, w in want.items():
+    np.testing.assert_array_equal(got[key], w, err_msg=key)
+
+
 def test_unknown_format_is_one_line_naming_the_key(tmp_path):
   config = _tiny_config('tflite')
   for call in (lambda: export.write(config, {}, str(tmp_path / 'out')),

@@ -19,7 +19,9 @@ writes `WORKDIR/export/` (or `config.export.output_dir`):
   included, as an ONNX graph (opset `onnx_convert.OPSET`, batch dimension
   `b`), written by this project's jaxpr -> ONNX converter
   (`onnx_convert.py`, needs the optional `onnx` package) from the traced
-  function with the hypotheses unrolled (`hyp_map='loop'`).
+  function with the hypotheses unrolled (`hyp_map='loop'`). Weights over
+  `onnx_convert.INLINE_BYTES` (1 GiB; a protobuf message stops at 2 GiB) go to
+  `model.onnx.data` beside it (ONNX external data: keep the two together).
 - `model.json`: the inputs and outputs in call order (`name`, `shape` with
   "b" for the batch dimension, `dtype`), and the preprocessing a caller must
   reproduce (crop size and scales, pixel convention, the normalisation the
@@ -172,7 +174,7 @@ def describe(config: ml_collections.ConfigDict, in_avals, out_avals,
 
 
 def _to_jax(config: ml_collections.ConfigDict, loaded: dict[str, Any]):
-  """(serialized model.jax, input avals, output avals, model.json entries)."""
+  """({file name: bytes}, input avals, output avals, model.json entries)."""
   platforms = _check_platforms(config.export.platforms)
   exported = jax.export.export(jax.jit(serving_fn(config, loaded)),
                                platforms=platforms)(input_spec(config))
@@ -181,12 +183,12 @@ def _to_jax(config: ml_collections.ConfigDict, loaded: dict[str, Any]):
   except ImportError as e:  # jax imports flatbuffers only to serialize
     raise errors.UserError(f'--mode=export cannot serialize the artifact ({e}): '
                            'pip install flatbuffers (see requirements.txt)') from None
-  return (bytes(data), exported.in_avals, exported.out_avals,
+  return ({'model.jax': bytes(data)}, exported.in_avals, exported.out_avals,
           {'format': 'jax', 'file': 'model.jax', 'platforms': list(exported.platforms)})
 
 
 def _to_onnx(config: ml_collections.ConfigDict, loaded: dict[str, Any]):
-  """(serialized model.onnx, input avals, output avals, model.json entries)."""
+  """({file name: bytes}, input avals, output avals, model.json entries)."""
   try:
     import onnx  # pylint: disable=g-import-not-at-top
     from deepskeleton_jax.inference import onnx_convert  # pylint: disable=g-import-not-at-top
@@ -207,10 +209,12 @@ def _to_onnx(config: ml_collections.ConfigDict, loaded: dict[str, Any]):
         f"config.export.format='onnx' cannot convert this pipeline: {e}; the ONNX "
         f"converter supports the lax primitives {', '.join(onnx_convert.PRIMITIVES)}; "
         f"config.export.format='jax' exports any pipeline (formats: {FORMATS})") from None
-  onnx.checker.check_model(model)
-  return (model.SerializeToString(), closed.in_avals, closed.out_avals,
+  data = onnx_convert.serialize(model, 'model.onnx')  # large: + model.onnx.data
+  if len(data) == 1:  # the checker would look for model.onnx.data in the cwd
+    onnx.checker.check_model(model)
+  return (data, closed.in_avals, closed.out_avals,
           {'format': 'onnx', 'file': 'model.onnx', 'opset': onnx_convert.OPSET,
-           'onnx_version': onnx.__version__})
+           'onnx_version': onnx.__version__, 'files': sorted(data)})
 
 
 def write(config: ml_collections.ConfigDict, loaded: dict[str, Any],
@@ -233,9 +237,11 @@ def write(config: ml_collections.ConfigDict, loaded: dict[str, Any],
            'spec': os.path.join(out_dir, 'model.json')}
   spec = describe(config, in_avals, out_avals,
                   {k: int(v.get('step', -1)) for k, v in loaded.items()}, artifact)
-  files.write_bytes(paths['model'], data)
+  for name, content in data.items():  # a model's data file before the model
+    files.write_bytes(os.path.join(out_dir, name), content)
   files.write_text(paths['spec'], json.dumps(spec, indent=1))
-  logging.info('export: %s (%.1f MB, %s) and %s', paths['model'], len(data) / 1e6,
+  logging.info('export: %s (%.1f MB, %s) and %s', paths['model'],
+               sum(map(len, data.values())) / 1e6,
                ', '.join(f'{k} {v}' for k, v in artifact.items() if k not in ('file',)),
                paths['spec'])
   return paths

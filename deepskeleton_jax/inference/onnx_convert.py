@@ -25,10 +25,14 @@ import jax
 from jax.extend import core as jex_core
 import numpy as np
 import onnx
+from onnx import external_data_helper
 from onnx import helper
 from onnx import numpy_helper
 
 OPSET = 18
+# Above this many bytes of initializers, `serialize` moves them to a data file
+# beside the model (one protobuf message cannot exceed 2 GiB).
+INLINE_BYTES = 1 << 30
 IR_VERSION = 8  # the oldest IR that carries opset 18: older runtimes load it
 _INT64_MIN = np.iinfo(np.int64).min
 
@@ -468,3 +472,23 @@ def convert(closed: jex_core.ClosedJaxpr, input_names: Sequence[str],
   model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', OPSET)],
                             producer_name='deepskeleton_jax', ir_version=IR_VERSION)
   return model
+
+
+def serialize(model: onnx.ModelProto, file_name: str) -> dict[str, bytes]:
+  """The files of a model: {file_name: model} or, when its initializers exceed
+  `INLINE_BYTES`, {file_name + '.data': their bytes, file_name: the model
+  referring to them} (ONNX external data, located relative to the model).
+
+  The tensors of `model` are moved out in the second case (it is modified).
+  """
+  if sum(len(t.raw_data) for t in model.graph.initializer) <= INLINE_BYTES:
+    return {file_name: model.SerializeToString()}
+  location, chunks, offset = file_name + '.data', [], 0
+  for tensor in model.graph.initializer:
+    if len(tensor.raw_data) >= 1024:
+      data = tensor.raw_data
+      external_data_helper.set_external_data(tensor, location, offset, len(data))
+      tensor.ClearField('raw_data')
+      chunks.append(data)
+      offset += len(data)
+  return {location: b''.join(chunks), file_name: model.SerializeToString()}
