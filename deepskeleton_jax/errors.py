@@ -1,8 +1,8 @@
-"""Errors that are the user's to fix, which run.py prints as one line.
+"""Errors that are the user's to fix, which the command line prints as one line.
 
-`run.py` prints a `UserError` as `error: <message>` on stderr, without a
-traceback, and exits with status 2; anything else is an internal error and
-keeps its traceback. Messages say what was wrong, where (the flag, config key
+`cli.py` (behind `run.py` and `deepskeleton-jax`) prints a `UserError` as
+`error: <message>` on stderr, without a traceback, and exits with status 2;
+anything else is an internal error and keeps its traceback. Messages say what was wrong, where (the flag, config key
 or file) and what was expected. Each class also derives from the built-in
 exception it refines, so `except ValueError` or `except FileNotFoundError`
 still catches it.

@@ -1,4 +1,4 @@
-"""Tests of benchmarks/train_benchmark.py: memory accounting and MFU (no timings).
+"""Tests of deepskeleton_jax/training/benchmark.py: memory accounting and MFU (no timings).
 
 The end-to-end benchmark run is in pipeline_test.py.
 """

@@ -1,4 +1,4 @@
-"""Tests of `--mode=export` (evaluation/export.py) and the standalone loader.
+"""Tests of `--mode=export` (inference/export.py) and the standalone loader.
 
 The tiny pipeline (tests/conftest.py) is exported once per module; the
 artifact is then run by examples/serve_exported.py in a fresh `python -I`

@@ -1,4 +1,4 @@
-"""Tests for evaluation.figures and evaluation.drawing: pixels where the geometry says."""
+"""Tests for visualization.figures and visualization.drawing: pixels where the geometry says."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""Tests of training.parallel: state shardings chosen by tree path, meshes."""
+"""Tests of experiment.parallel: state shardings chosen by tree path, meshes."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""Tests of `--mode=predict --config.predict.video=...` (evaluation/predict_video.py).
+"""Tests of `--mode=predict --config.predict.video=...` (inference/predict_video.py).
 
 The tiny checkpoints (tests/conftest.py) check the plumbing: one output entry
 per frame, the overlay's frame count and size, given boxes, frames without a

@@ -1,4 +1,4 @@
-"""Tests of the temporal filters (evaluation/smoothing.py) against direct computations."""
+"""Tests of the temporal filters (inference/smoothing.py) against direct computations."""
 
 import math
 

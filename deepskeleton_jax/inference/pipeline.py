@@ -1,7 +1,7 @@
 """The whole pipeline as one jittable function: crops -> maps -> hypotheses -> 2D.
 
 `make_predict_fn` composes the trained stages through their `Stage.infer`
-(`training/stages.py`), so evaluation, prediction on images and videos and the
+(`experiment/stages.py`), so evaluation, prediction on images and videos and the
 exported artifact run exactly what training defined:
 
   crops at every c_i --SkeletonMapNet--> fg/bg maps [H, b, s, s, 6]

@@ -272,8 +272,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     row['device_peak_memory_bytes'] = _device_peak_memory()
     results['rows'].append(row)
   if not bcfg.compile_only:
-    from benchmarks import input_benchmark  # pylint: disable=g-import-not-at-top
-    from benchmarks import rasterize_benchmark  # pylint: disable=g-import-not-at-top
+    from deepskeleton_jax.benchmarks import input_benchmark  # pylint: disable=g-import-not-at-top
+    from deepskeleton_jax.benchmarks import rasterize_benchmark  # pylint: disable=g-import-not-at-top
     results['rasterizer'] = rasterize_benchmark.run()
     try:
       results['input_pipeline'] = input_benchmark.run(config.data)

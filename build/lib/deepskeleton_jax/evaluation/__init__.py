@@ -1,1 +1,0 @@
-"""Evaluation against labels: metrics, scoring, paper tables, the report, detection files, pseudo-3D."""

@@ -1,1 +1,0 @@
-"""Serving trained models: the jittable pipeline, matching, prediction on images and videos, export."""

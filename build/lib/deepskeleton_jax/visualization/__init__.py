@@ -1,1 +1,0 @@
-"""Pictures: skeleton drawing, report and prediction figures, video overlays."""
