@@ -1,7 +1,7 @@
 r"""ONNX Runtime against the jax.export artifact: images/s of the exported pipeline.
 
   python -m benchmarks.onnx_benchmark --config=configs/demo.py [--workdir=workdir/demo] \
-      [--batch_size=8] [--repeats=10]
+      [--batch_sizes=8,32] [--repeats=10]
 
 Exports the pipeline both ways with `--mode=export`'s own `export.write`
 (model.jax lowered for the CPU, and model.onnx) into a temporary folder, from
@@ -11,8 +11,9 @@ standalone loader (examples/serve_exported.py, examples/serve_onnx.py) and
 times both on the same random crops in the same process, alternating, after
 one warm-up call each (compilation, session set-up). Each runtime uses its
 default threads (one per core). Prints one JSON line and a Markdown table:
-images/s (median over repeats) of each, their ratio, the export time of each
-format and the largest output difference between them.
+per batch size the images/s (median over repeats) of each and their ratio,
+also as the median ratio of neighbouring calls (robust to a shared machine's
+changing load), the largest output difference; the export time of each format.
 """
 
 from __future__ import annotations
@@ -84,63 +85,70 @@ def _export(config, loaded, fmt: str, out_dir: str) -> float:
   return time.perf_counter() - t
 
 
-def run(config: ml_collections.ConfigDict, workdir: str = '', batch_size: int = 8,
-        repeats: int = 10) -> dict[str, Any]:
-  """Exports both formats and times them (see the module docstring).
-
-  Args:
-    config: finalised config.
-    workdir: trained stages to export ('' = random variables).
-    batch_size: crops per call (the same batch for both).
-    repeats: timed calls of each.
-
-  Returns:
-    The measurements.
-  """
-  loaded = (pipeline.load_stages(config, workdir, _EXPORTED,
-                                 required=('skeleton_net', 'regressor'))
-            if workdir else random_stages(config))
-  size, scales = config.data.input_size, len(config.data.crop_scales)
-  crops = np.random.default_rng(0).integers(0, 256, (batch_size, scales, size, size, 3),
-                                            dtype=np.uint8)
-  with tempfile.TemporaryDirectory() as tmp:
-    seconds = {fmt: _export(config, loaded, fmt, f'{tmp}/{fmt}') for fmt in ('jax', 'onnx')}
-    fns = {'jax': load_example('serve_exported').load(f'{tmp}/jax')[0],
-           'onnx': load_example('serve_onnx').load(f'{tmp}/onnx')[0]}
-    outputs = {fmt: fn(crops) for fmt, fn in fns.items()}  # warm-up
-    times = {fmt: [] for fmt in fns}
-    for _ in range(repeats):
-      for fmt, fn in fns.items():
-        t = time.perf_counter()
-        fn(crops)
-        times[fmt].append(time.perf_counter() - t)
-    model_mb = (pathlib.Path(tmp) / 'onnx' / 'model.onnx').stat().st_size / 1e6
-  rate = {fmt: batch_size / float(np.median(t)) for fmt, t in times.items()}
+def _time(fns: dict[str, Any], crops: np.ndarray, repeats: int) -> dict[str, Any]:
+  """Alternating timed calls of each runtime on the same crops (after a warm-up)."""
+  outputs = {fmt: fn(crops) for fmt, fn in fns.items()}  # compiles for this batch size
+  times = {fmt: [] for fmt in fns}
+  for _ in range(repeats):
+    for fmt, fn in fns.items():
+      t = time.perf_counter()
+      fn(crops)
+      times[fmt].append(time.perf_counter() - t)
+  rate = {fmt: len(crops) / float(np.median(t)) for fmt, t in times.items()}
   return {
-      'batch_size': batch_size, 'repeats': repeats, 'input_size': size,
-      'num_crops': scales, 'num_hypotheses': len(stages_lib.layout(config).hypotheses),
-      'stages': sorted(loaded), 'trained': bool(workdir), 'cpu_cores': os.cpu_count(),
-      'jax_images_per_s': rate['jax'], 'onnx_images_per_s': rate['onnx'],
-      'onnx_over_jax': rate['onnx'] / rate['jax'],
-      'export_s': seconds, 'onnx_mb': model_mb,
+      'batch_size': len(crops), 'jax_images_per_s': rate['jax'],
+      'onnx_images_per_s': rate['onnx'], 'onnx_over_jax': rate['onnx'] / rate['jax'],
+      # Neighbouring calls share the machine's load: the median of their ratios.
+      'onnx_over_jax_paired': float(np.median(np.divide(times['jax'], times['onnx']))),
       'max_abs_difference': {k: float(np.max(np.abs(outputs['onnx'][k].astype(np.float64)
                                                     - outputs['jax'][k])))
                              for k in outputs['jax']},
   }
 
 
+def run(config: ml_collections.ConfigDict, loaded: dict[str, Any], batch_sizes=(8,),
+        repeats: int = 10) -> dict[str, Any]:
+  """Exports both formats and times them (see the module docstring).
+
+  Args:
+    config: finalised config.
+    loaded: the stages to export (`pipeline.load_stages` or `random_stages`).
+    batch_sizes: crops per call (the same batch for both), one row each.
+    repeats: timed calls of each runtime per batch size.
+
+  Returns:
+    The measurements: a row per batch size, the export times and model size.
+  """
+  size, scales = config.data.input_size, len(config.data.crop_scales)
+  rng = np.random.default_rng(0)
+  with tempfile.TemporaryDirectory() as tmp:
+    seconds = {fmt: _export(config, loaded, fmt, f'{tmp}/{fmt}') for fmt in ('jax', 'onnx')}
+    fns = {'jax': load_example('serve_exported').load(f'{tmp}/jax')[0],
+           'onnx': load_example('serve_onnx').load(f'{tmp}/onnx')[0]}
+    rows = [_time(fns, rng.integers(0, 256, (n, scales, size, size, 3), dtype=np.uint8),
+                  repeats) for n in batch_sizes]
+    model_mb = sum(p.stat().st_size for p in (pathlib.Path(tmp) / 'onnx').glob('model.onnx*'))
+  return {
+      'repeats': repeats, 'input_size': size,
+      'num_crops': scales, 'num_hypotheses': len(stages_lib.layout(config).hypotheses),
+      'stages': sorted(loaded), 'trained': all('step' in v for v in loaded.values()),
+      'cpu_cores': os.cpu_count(),
+      'rows': rows, 'export_s': seconds, 'onnx_mb': model_mb / 1e6,
+  }
+
+
 def table(result: dict[str, Any]) -> str:
   """A Markdown table of `run`'s result."""
-  lines = [f"batch {result['batch_size']} x {result['num_crops']} crops of "
-           f"{result['input_size']} px, {result['num_hypotheses']} hypotheses, stages "
-           f"{', '.join(result['stages'])} ({'trained' if result['trained'] else 'random'} "
-           'variables)', '',
-           '| runtime | images/s | export (s) |', '|---|---:|---:|',
-           f"| jax.export artifact (model.jax, XLA:CPU) | {result['jax_images_per_s']:.1f} | "
-           f"{result['export_s']['jax']:.1f} |",
-           f"| ONNX Runtime (model.onnx, CPU) | {result['onnx_images_per_s']:.1f} | "
-           f"{result['export_s']['onnx']:.1f} |",
-           '', f"ONNX Runtime / jax.export: {result['onnx_over_jax']:.2f}x"]
+  lines = [f"{result['num_crops']} crop(s) of {result['input_size']} px, "
+           f"{result['num_hypotheses']} hypotheses, stages {', '.join(result['stages'])} "
+           f"({'trained' if result['trained'] else 'random'} variables), "
+           f"{result['cpu_cores']} cores; export {result['export_s']['jax']:.1f} s (model.jax), "
+           f"{result['export_s']['onnx']:.1f} s (model.onnx, {result['onnx_mb']:.1f} MB)", '',
+           '| batch | jax.export (XLA:CPU) images/s | ONNX Runtime images/s | ONNX / jax '
+           '| paired ratio |', '|---:|---:|---:|---:|---:|']
+  lines += [f"| {r['batch_size']} | {r['jax_images_per_s']:.1f} | "
+            f"{r['onnx_images_per_s']:.1f} | {r['onnx_over_jax']:.2f}x | "
+            f"{r['onnx_over_jax_paired']:.2f}x |" for r in result['rows']]
   return '\n'.join(lines)
 
 
@@ -148,8 +156,11 @@ def main(argv: list[str]) -> None:
   del argv
   if _CONFIG.value is None:
     raise app.UsageError('--config is required, e.g. --config=configs/demo.py')
-  result = run(config_lib.finalize(_CONFIG.value), _WORKDIR.value, _BATCH.value,
-               _REPEATS.value)
+  config = config_lib.finalize(_CONFIG.value)
+  loaded = (pipeline.load_stages(config, _WORKDIR.value, _EXPORTED,
+                                 required=('skeleton_net', 'regressor'))
+            if _WORKDIR.value else random_stages(config))
+  result = run(config, loaded, [int(n) for n in _BATCHES.value], _REPEATS.value)
   print(json.dumps(result))
   print(table(result))
 
@@ -158,6 +169,6 @@ if __name__ == '__main__':
   # Flags are defined only when run as a script (importing does not clash with run.py's).
   _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.')
   _WORKDIR = flags.DEFINE_string('workdir', '', 'Trained stages to export (default: random).')
-  _BATCH = flags.DEFINE_integer('batch_size', 8, 'Crops per call.')
+  _BATCHES = flags.DEFINE_list('batch_sizes', ['8'], 'Crops per call, one row each.')
   _REPEATS = flags.DEFINE_integer('repeats', 10, 'Timed calls of each runtime.')
   app.run(main)

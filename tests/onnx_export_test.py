@@ -221,6 +221,16 @@ def test_large_models_keep_their_weights_in_a_data_file(random_tiny_stages, tmp_
     np.testing.assert_array_equal(got[key], w, err_msg=key)
 
 
+@needs_onnx
+def test_benchmark_times_both_runtimes_on_the_same_crops(random_tiny_stages):
+  result = onnx_benchmark.run(_tiny_config('jax'), random_tiny_stages, [3, 1], repeats=2)
+  assert [r['batch_size'] for r in result['rows']] == [3, 1] and not result['trained']
+  for row in result['rows']:
+    assert row['jax_images_per_s'] > 0 and row['onnx_images_per_s'] > 0
+    assert max(row['max_abs_difference'].values()) < 1e-3
+  assert '| 3 |' in onnx_benchmark.table(result)
+
+
 def test_unknown_format_is_one_line_naming_the_key(tmp_path):
   config = _tiny_config('tflite')
   for call in (lambda: export.write(config, {}, str(tmp_path / 'out')),
