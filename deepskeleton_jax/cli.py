@@ -55,7 +55,8 @@ Modes:
              with same-run references (config.benchmark).
   pseudo3d   lift a 2D dataset's people to 3D with a trained lifting stage.
   export     the whole inference function as a jax.export artifact
-             (WORKDIR/export/model.jax + model.json) that runs without this code.
+             (WORKDIR/export/model.jax + model.json) that runs without this code;
+             --config.export.format=onnx writes model.onnx for ONNX Runtime.
 
 A bad flag, config value or input file prints one line, `error: ...`, and
 exits with status 2. Docs: README.md and docs/ in the repository.

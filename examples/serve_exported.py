@@ -11,7 +11,9 @@ nor deepskeleton_jax: copy it next to the artifact and serve from there.
 
 `model.json` records the size and SHA-256 of `model.jax` ("artifact"); a
 file that does not match (truncated, damaged, from another export) is
-refused with one line, `error: ...`, and exit status 2.
+refused with one line, `error: ...`, and exit status 2. `crop` and
+`to_image` need numpy alone (an ONNX server uses them too, see
+examples/serve_onnx.py).
 """
 
 import hashlib
@@ -19,7 +21,6 @@ import json
 import os
 import sys
 
-import jax
 import numpy as np
 
 
@@ -31,6 +32,7 @@ def load(export_dir):
       describes (size or SHA-256) or not a jax.export artifact.
     OSError: a file cannot be read.
   """
+  import jax  # pylint: disable=g-import-not-at-top  (crop and to_image need numpy only)
   spec_path = os.path.join(export_dir, 'model.json')
   with open(spec_path) as f:
     try:

@@ -192,7 +192,10 @@ def _mode_groups() -> dict[str, ml_collections.ConfigDict]:
           'savgol_order': 2,
       }),
       'export': ml_collections.ConfigDict({
-          'platforms': ('cpu', 'cuda'),  # lowered for each; one artifact
+          # 'jax' (model.jax, jax.export) or 'onnx' (model.onnx, ONNX Runtime;
+          # needs the optional onnx package: requirements-onnx.txt).
+          'format': 'jax',
+          'platforms': ('cpu', 'cuda'),  # format 'jax': lowered for each; one artifact
           'output_dir': '',              # default WORKDIR/export
       }),
       'benchmark': ml_collections.ConfigDict({

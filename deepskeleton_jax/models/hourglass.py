@@ -51,7 +51,7 @@ class Hourglass(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     res = lambda name: layers.PreActBottleneck(self.features, self.dtype, name=name)
     up1 = res('up1')(x, train)
-    low = nn.max_pool(x, (2, 2), strides=(2, 2))
+    low = nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
     low = res('low1')(low, train)
     if self.depth > 1:
       low = Hourglass(self.depth - 1, self.features, self.dtype,
@@ -110,7 +110,7 @@ class StackedHourglass(nn.Module):
                 dtype=self.dtype, name='stem_conv')(x)
     x = nn.relu(norm('stem_bn')(x))
     x = layers.PreActBottleneck(max(f // 2, 8), self.dtype, name='stem_res1')(x, train)
-    x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
     x = layers.PreActBottleneck(max(f // 2, 8), self.dtype, name='stem_res2')(x, train)
     x = layers.PreActBottleneck(f, self.dtype, name='stem_res3')(x, train)
 

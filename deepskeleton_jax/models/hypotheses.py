@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 PyTree = Any
 
@@ -107,7 +108,7 @@ def apply_stacked(model: nn.Module, variables: PyTree, *inputs: Any,
                      'inputs')
   mapped = [i for i, axis in enumerate(in_axes) if axis is not None]
   for i in mapped:
-    size = jnp.shape(inputs[i])[in_axes[i]]
+    size = np.shape(inputs[i])[in_axes[i]]
     if size != num:
       raise ValueError(f'inputs[{i}] has size {size} on its hypothesis axis '
                        f'{in_axes[i]}, expected the number of hypotheses {num}')

@@ -66,7 +66,7 @@ class Stem(nn.Module):
     x = batch_norm(self.train, self.dtype)(name='bn1')(x)
     x = nn.relu(x)
     # Padding with -inf (reduce_window's init value) as torch's MaxPool2d.
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    return nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
 class BottleneckBlock(nn.Module):
