@@ -230,8 +230,8 @@ def _render_compare_groups() -> dict[str, ml_collections.ConfigDict]:
           'learning_rate': 5.0,       # mm per step (Adam)
           'variables': 'joints',      # 'joints' (3D joints) or 'bones' (directions, lengths kept)
           'maps_weight': 1.0,         # x map cross-entropy
-          'reprojection_weight': 1.0,  # x mean squared 2D error in crop sides
-          'bone_weight': 1.0,         # x mean squared relative bone-length change
+          'reprojection_weight': 100.0,  # x mean squared 2D error in crop sides
+          'bone_weight': 10.0,        # x mean squared relative bone-length change
           'anchor_weight': 1.0,       # x mean squared move from the start, in mean bone lengths
       }),
   }
@@ -349,7 +349,8 @@ def _check_render_compare(config: ml_collections.ConfigDict) -> None:
                      ('matching.depth_temperature', m.depth_temperature),
                      ('refine.maps_weight', r.maps_weight),
                      ('refine.reprojection_weight', r.reprojection_weight),
-                     ('refine.bone_weight', r.bone_weight)):
+                     ('refine.bone_weight', r.bone_weight),
+                     ('refine.anchor_weight', r.anchor_weight)):
     _check(value >= 0, key, value, 'a number >= 0')
   _check(isinstance(r.steps, int) and r.steps >= 0, 'refine.steps', r.steps,
          'a step count >= 0 (0: no refinement)')

@@ -84,8 +84,8 @@ class Settings:
   learning_rate: float = 5.0
   variables: str = 'joints'
   refine_maps_weight: float = 1.0
-  reprojection_weight: float = 1.0
-  bone_weight: float = 1.0
+  reprojection_weight: float = 100.0
+  bone_weight: float = 10.0
   anchor_weight: float = 1.0
 
   @property
@@ -208,6 +208,10 @@ def combined_score(reprojection: jax.Array, maps: jax.Array, method: str,
   return reprojection + maps_weight * maps
 
 
+def _is_zero(weight: Any) -> bool:
+  return isinstance(weight, (int, float)) and weight == 0
+
+
 def _bone_vectors(pose):
   return pose[_CHILDREN] - pose[_PARENTS]
 
@@ -225,14 +229,16 @@ def _from_bones(vectors, lengths):
 
 def refine_loss(pose, pose0, maps, joints_2d, weights, intrinsics, geom, s):
   """The refinement objective of one root-relative pose [K, 3] (scalar)."""
-  rendered = render_pose(pose, joints_2d, weights, intrinsics, geom, s)
+  maps_term = 0.0
+  if not _is_zero(s.refine_maps_weight):  # No render for a weight of 0.
+    rendered = render_pose(pose, joints_2d, weights, intrinsics, geom, s)
+    maps_term = s.refine_maps_weight * jnp.mean(map_loss(rendered, maps))
   lengths0 = jnp.linalg.norm(_bone_vectors(pose0), axis=-1)
   lengths = jnp.sqrt(jnp.sum(_bone_vectors(pose)**2, axis=-1) + 1e-12)
   bone = jnp.mean(((lengths - lengths0) / jnp.maximum(lengths0, 1.0))**2)
   scale2 = jnp.maximum(jnp.mean(lengths0), 1.0)**2
   anchor = jnp.mean(jnp.sum((pose - pose0)**2, axis=-1)) / scale2
-  return (s.refine_maps_weight * jnp.mean(map_loss(rendered, maps))
-          + s.reprojection_weight * _reprojection(pose, joints_2d, weights, intrinsics, geom)
+  return (maps_term + s.reprojection_weight * _reprojection(pose, joints_2d, weights, intrinsics, geom)
           + s.bone_weight * bone + s.anchor_weight * anchor)
 
 
