@@ -1,15 +1,21 @@
 """Tests for inference/render_compare.py: map-consistency matching and refinement."""
 
 import functools
+import shutil
 
 import jax
 import numpy as np
 import pytest
 
 from deepskeleton_jax import errors
+from deepskeleton_jax.evaluation import evaluate
+from deepskeleton_jax.evaluation import scoring
 from deepskeleton_jax.experiment import config_lib
+from deepskeleton_jax.experiment import stages as stages_lib
 from deepskeleton_jax.geometry import rasterize
+from deepskeleton_jax.geometry import skeleton
 from deepskeleton_jax.inference import matching
+from deepskeleton_jax.inference import pipeline
 from deepskeleton_jax.inference import render_compare
 
 # A person facing the camera (x right, y down, z away; mm, thorax at the
@@ -33,6 +39,22 @@ def flipped_forearm(pose):
 # A camera 5 m away whose crop the person fills (Tables' perspective case).
 INTRINSICS = np.array([330.0, 330.0, 64.0, 33.0], np.float32)
 DISTANCE = np.array([0, 0, 5000], np.float32)
+
+
+def turned_bones(pose, rng, sigma):
+  """`pose` with every bone direction turned at random, its lengths kept (root first)."""
+  out, reached = np.zeros_like(pose), {skeleton.ROOT}
+  out[skeleton.ROOT] = pose[skeleton.ROOT]
+  while len(reached) < len(pose):
+    for a, b in skeleton.BONES:
+      if (a in reached) != (b in reached):
+        parent, child = (a, b) if a in reached else (b, a)
+        bone = pose[child] - pose[parent]
+        length = np.linalg.norm(bone)
+        turned = bone + rng.normal(0, sigma * length, 3)
+        out[child] = out[parent] + turned * length / np.linalg.norm(turned)
+        reached.add(child)
+  return out
 
 
 def image_2d(pose, intrinsics=None):
@@ -79,9 +101,7 @@ def test_maps_pick_the_depth_order_reprojection_cannot_see():
 
 @pytest.mark.parametrize('variables', ['joints', 'bones'])
 def test_refinement_lowers_the_loss_and_moves_toward_the_truth(variables):
-  rng = np.random.default_rng(0)
-  start = POSE + rng.normal(0, 40, POSE.shape).astype(np.float32)
-  start -= start[7]
+  start = turned_bones(POSE, np.random.default_rng(0), 0.25)
   settings = render_compare.Settings(steps=60, learning_rate=4.0, variables=variables,
                                      reprojection_weight=300.0)
   out = choose(start[None], settings, intrinsics=INTRINSICS)
@@ -104,3 +124,32 @@ def test_bad_settings_name_the_key():
     config[group][name] = value
     with pytest.raises(errors.ConfigError, match=f'config.{key}='):
       config_lib.finalize(config)
+
+
+def test_eval_rows_and_the_pipeline_follow_the_config(tiny_pipeline, tmp_path):
+  """The tiny pipeline: both rows in results.json and the report; predict/export's function refines."""
+  workdir = tmp_path / 'workdir'
+  shutil.copytree(tiny_pipeline.workdir, workdir)
+  config = tiny_pipeline.config()
+  config.matching.method = 'both'
+  config.refine.steps = 2
+  results = evaluate.evaluate(config, str(workdir))
+  for table in ('mpjpe', 'pa_mpjpe'):
+    assert {scoring.MAPS_ROW, scoring.REFINE_ROW} <= set(results[table]), results[table]
+  report = (workdir / 'eval' / 'report.md').read_text()
+  assert scoring.MAPS_ROW in report and scoring.REFINE_ROW in report
+  assert results['render_compare']['matching'] == 'both'
+  assert list((workdir / 'eval').glob('render_compare_*.png'))
+
+  loaded = pipeline.load_stages(config, str(workdir), ('skeleton_net', 'regressor', 'hourglass'))
+  variables = {k: v['variables'] for k, v in loaded.items()}
+  norms = {k: v['norm'] for k, v in loaded.items()}
+  images = np.random.default_rng(0).integers(0, 255, (2, 2, 32, 32, 3), np.uint8)
+  out = jax.jit(pipeline.make_pipeline_fn(config, loaded))(variables, norms, images)
+  want = render_compare.choose_and_refine(
+      out['hyps'], out['maps'], out['joints_2d'], np.clip(out['confidence'], 0, None), None,
+      render_compare.geometry(stages_lib.layout(config)), render_compare.settings(config))
+  np.testing.assert_array_equal(out['chosen'], want['chosen'])
+  np.testing.assert_allclose(out['pose'], want['pose'], atol=1e-3)
+  chosen = np.asarray(out['hyps'])[np.arange(2), np.asarray(out['chosen'])]
+  assert np.abs(np.asarray(out['pose']) - chosen).max() > 1e-3  # refined

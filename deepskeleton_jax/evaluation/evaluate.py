@@ -73,7 +73,7 @@ class RenderCompare:
     self._fn = jax.jit(functools.partial(render_compare.choose_and_refine,
                                          geom=self._geom, s=self.settings,
                                          map_row=True))
-    self.seconds, self.examples, self._calls = 0.0, 0, 0
+    self.seconds, self.examples, self._calls, self.first_call_s = 0.0, 0, 0, None
 
   def __call__(self, data: dict[str, np.ndarray], weights: np.ndarray,
                intrinsics: np.ndarray | None) -> dict[str, np.ndarray]:
@@ -88,6 +88,8 @@ class RenderCompare:
     if self._calls:  # The first call compiles.
       self.seconds += time.perf_counter() - t0
       self.examples += b
+    else:
+      self.first_call_s = time.perf_counter() - t0
     self._calls += 1
     return {k: np.asarray(v)[:b] for k, v in out.items()}
 
@@ -103,10 +105,11 @@ class RenderCompare:
     return out
 
   def summary(self) -> dict[str, Any]:
-    """The settings and the measured cost, for results.json."""
+    """The settings and the measured cost (first batch: compile included), for results.json."""
     ms = 1000 * self.seconds / self.examples if self.examples else None
     return {'matching': self.settings.method, 'maps_row_method': self.settings.map_method,
             'refine_steps': self.settings.steps, 'ms_per_example': ms,
+            'first_batch_s': self.first_call_s,
             'settings': dataclasses.asdict(self.settings)}
 
 
