@@ -113,9 +113,16 @@ def test_every_row_and_table9_subsets():
   data = _batch(rng, ['Walking'] * 6)
   data['ensemble'] = data['hyps'][:, :2] + 1.0
   w = np.ones((6, K), np.float32)
-  poses, choice = scoring.comparison_poses(data, lay, np.full((K, 3), 7.0), w, None)
+  picked = {'map_chosen': np.array([2, 0, 1, 2, 0, 1]), 'refined': data['hyps'][:, 0] + 3.0}
+  poses, choice = scoring.comparison_poses(data, lay, np.full((K, 3), 7.0), w, None, picked)
   for row in scoring.MAIN_ROWS + scoring.TABLE9_ROWS:
     assert poses[row].shape == (6, K, 3), row
+  np.testing.assert_array_equal(poses[scoring.MAPS_ROW][1], data['hyps'][1, 0])
+  np.testing.assert_array_equal(poses[scoring.MAPS_ROW][3], data['hyps'][3, 2])
+  np.testing.assert_array_equal(choice[scoring.MAPS_ROW], picked['map_chosen'])
+  np.testing.assert_array_equal(poses[scoring.REFINE_ROW], picked['refined'])
+  without, _ = scoring.comparison_poses(data, lay, None, w, None)
+  assert scoring.MAPS_ROW not in without and scoring.REFINE_ROW not in without
   np.testing.assert_array_equal(poses['Mean pose'][3], np.full((K, 3), 7.0))
   # Mul-S chooses among the c = 1.0 hypotheses only (0 and 1 here).
   assert set(choice['Base + Mul-S'].tolist()) <= {0, 1}

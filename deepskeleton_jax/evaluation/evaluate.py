@@ -18,6 +18,8 @@ or of the hourglass are scored alone (the "2D detections" rows).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 import time
@@ -35,6 +37,7 @@ from deepskeleton_jax.data import registry
 from deepskeleton_jax.evaluation import detections as detections_lib
 from deepskeleton_jax.inference import pipeline
 from deepskeleton_jax.inference import matching
+from deepskeleton_jax.inference import render_compare
 from deepskeleton_jax.evaluation import report
 from deepskeleton_jax.evaluation import scoring
 from deepskeleton_jax.geometry import camera
@@ -68,6 +71,56 @@ def _to_host(x):
     return np.asarray(jax.device_get(x))
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+class RenderCompare:
+  """The pipeline's render-and-compare selection and refinement, per eval batch."""
+
+  def __init__(self, config: ml_collections.ConfigDict, lay: stages_lib.Layout):
+    self.settings = render_compare.settings(config)
+    self._batch_size = int(config.eval.batch_size)
+    self._geom = render_compare.geometry(lay)
+    self._fn = jax.jit(functools.partial(render_compare.choose_and_refine,
+                                         geom=self._geom, s=self.settings,
+                                         map_row=True))
+    self.seconds, self.examples, self._calls, self.first_call_s = 0.0, 0, 0, None
+
+  def __call__(self, data: dict[str, np.ndarray], weights: np.ndarray,
+               intrinsics: np.ndarray | None) -> dict[str, np.ndarray]:
+    """`choose_and_refine` outputs for one batch (padded to the batch size: one compile)."""
+    b = len(data['hyps'])
+    pad = lambda x: None if x is None else np.concatenate(
+        [x, np.repeat(x[-1:], max(0, self._batch_size - b), axis=0)])
+    args = [pad(x) for x in (data['hyps'], data['maps'], data['detections'], weights,
+                             intrinsics)]
+    t0 = time.perf_counter()
+    out = jax.device_get(self._fn(*args))
+    if self._calls:  # The first call compiles.
+      self.seconds += time.perf_counter() - t0
+      self.examples += b
+    else:
+      self.first_call_s = time.perf_counter() - t0
+    self._calls += 1
+    return {k: np.asarray(v)[:b] for k, v in out.items()}
+
+  def figure_maps(self, ex: dict[str, np.ndarray], intrinsics: np.ndarray | None
+                  ) -> dict[str, np.ndarray]:
+    """One example's chosen hypothesis rendered at its maps' geometry, before and after refinement."""
+    chosen = int(ex['rc_chosen'])
+    render = lambda pose: np.asarray(render_compare.render_pose(
+        pose, ex['detections'], ex['weights'], intrinsics, self._geom, self.settings))[chosen]
+    out = {'rc_rendered': render(ex['rc_selected'])}
+    if self.settings.steps > 0:
+      out['rc_refined'] = render(ex['rc_pose'])
+    return out
+
+  def summary(self) -> dict[str, Any]:
+    """The settings and the measured cost (first batch: compile included), for results.json."""
+    ms = 1000 * self.seconds / self.examples if self.examples else None
+    return {'matching': self.settings.method, 'maps_row_method': self.settings.map_method,
+            'refine_steps': self.settings.steps, 'ms_per_example': ms,
+            'first_batch_s': self.first_call_s,
+            'settings': dataclasses.asdict(self.settings)}
 
 
 class DetectionSource:
@@ -168,6 +221,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                if k in loaded), None)
   mean_pose = None if norm is None else np.asarray(norm['mean'])
   acc = scoring.Accumulator(lay, h36m_actions=config.data.name == 'human36m')
+  compare = RenderCompare(config, lay) if {'skeleton_net', 'regressor'} <= set(loaded) else None
   kept: list[dict[str, np.ndarray]] = []
   t0, limit = time.time(), int(config.eval.max_examples)
   for i, num_batches, data in _batches(config, loaded):
@@ -175,10 +229,20 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       data = {k: v[:max(0, limit - acc.num_examples)] for k, v in data.items()}
     data['detections'], weights = source(data)
     intr = data['intrinsics'][:, lay.unit] if data['has_intrinsics'].all() else None
-    poses, choice = scoring.comparison_poses(data, lay, mean_pose, weights, intr)
+    picked = None
+    if compare is not None and len(data['hyps']):
+      found = compare(data, weights, intr)
+      picked = {'map_chosen': found['map_chosen']}
+      if compare.settings.steps > 0:
+        picked['refined'] = found['pose']
+      data.update(rc_chosen=found['chosen'], rc_selected=found['selected'], rc_pose=found['pose'])
+    poses, choice = scoring.comparison_poses(data, lay, mean_pose, weights, intr, picked)
     acc.add(data, poses, choice, weights, intr)
     if len(kept) < config.eval.num_figures:
-      kept += _figure_examples(data, weights, config.eval.num_figures - len(kept))
+      new = _figure_examples(data, weights, config.eval.num_figures - len(kept))
+      for ex in new if picked is not None else ():
+        ex.update(compare.figure_maps(ex, None if intr is None else ex['intrinsics'][lay.unit]))
+      kept += new
     if (i + 1) % 10 == 0 or i + 1 == num_batches:
       rate = acc.num_examples / max(time.time() - t0, 1e-9)
       logging.info('eval: batch %d/%d, %d examples, %.1f examples/s, ETA %s', i + 1,
@@ -189,6 +253,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   results = {'detections': source.name, 'matching_weights': source.weights,
              'hypotheses': [list(h) for h in lay.hypotheses], 'base': lay.base,
              **acc.results()}
+  if compare is not None:
+    results['render_compare'] = compare.summary()
   logging.info('eval: %d examples in %.1f s', acc.num_examples, time.time() - t0)
   if jax.process_index() == 0:
     out_dir = os.path.join(workdir, 'eval')
@@ -210,6 +276,11 @@ def _figure_examples(data, weights, n):
 def _figures(lay: stages_lib.Layout, kept: list[dict[str, np.ndarray]], out_dir: str):
   from deepskeleton_jax.visualization import figures  # pylint: disable=g-import-not-at-top
   for i, ex in enumerate(kept):
+    if 'rc_rendered' in ex:
+      figures.render_compare_figure(
+          os.path.join(out_dir, f'render_compare_{i}.png'), ex['maps'][ex['rc_chosen']],
+          ex['rc_rendered'], ex.get('rc_refined'),
+          title=f"example {int(ex['index'])}: hypothesis {int(ex['rc_chosen'])}")
     title = f"example {int(ex['index'])}"
     if 'maps' in ex:
       maps = ex['maps'][lay.base]
@@ -224,3 +295,4 @@ def _figures(lay: stages_lib.Layout, kept: list[dict[str, np.ndarray]], out_dir:
       figures.hypotheses_figure(os.path.join(out_dir, f'hypotheses_{i}.png'), ex['image'],
                                 proj, ex['hyps'], int(idx[0]),
                                 gt_3d=ex['joints_3d'] if ex['has_3d'] else None)
+

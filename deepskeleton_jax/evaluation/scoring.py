@@ -8,6 +8,10 @@ From one batch of pipeline outputs (`pipeline.make_predict_fn`) and labels,
   Ours w/o Mul-Hyp     the base hypothesis (c = 1.0, l = 10 in the paper)
   Ensemble             the mean of n regressors of the base hypothesis
   Ours w Mul-Hyp       the hypothesis with least reprojection error (Eq. 1)
+  Ours w Mul-Hyp (maps)  the hypothesis whose rendered maps best match the
+                       predicted ones (`matching.method` 'maps' or 'both')
+  Ours w Mul-Hyp + refine  the pipeline's pose: selected by `matching.method`,
+                       refined by `refine.steps` (> 0) render-and-compare steps
   Oracle               the hypothesis with least 3D error (an upper bound)
   GT Ske w/o / w       the regressors on maps rendered from the labels
   Base + Mul-S         matched among the c = 1.0 hypotheses (Table 9)
@@ -41,8 +45,10 @@ from deepskeleton_jax.geometry import camera
 from deepskeleton_jax.geometry import skeleton
 from deepskeleton_jax.experiment import stages as stages_lib
 
+MAPS_ROW = 'Ours w Mul-Hyp (maps)'
+REFINE_ROW = 'Ours w Mul-Hyp + refine'
 MAIN_ROWS = ('Mean pose', 'Direct RGB', 'Ours w/o Mul-Hyp', 'Ensemble', 'Ours w Mul-Hyp',
-             'Oracle', 'GT Ske w/o Mul-Hyp', 'GT Ske w Mul-Hyp')
+             MAPS_ROW, REFINE_ROW, 'Oracle', 'GT Ske w/o Mul-Hyp', 'GT Ske w Mul-Hyp')
 TABLE9_ROWS = ('Base', 'Ensemble', 'Base + Mul-S', 'Base + Mul-S + Mul-C')
 # Tables 3 and 4: the one-hypothesis rows and their sources.
 DEPTH_2D_SOURCES = {'Direct RGB': 'Direct RGB', 'Pred Ske': 'Ours w/o Mul-Hyp',
@@ -55,7 +61,7 @@ def hypothesis_row(index: int, crop_scale: float, width: float) -> str:
 
 def comparison_poses(out: dict[str, np.ndarray], lay: stages_lib.Layout,
                      mean_pose: np.ndarray | None, weights: np.ndarray | None,
-                     intrinsics: np.ndarray | None
+                     intrinsics: np.ndarray | None, picked: dict[str, np.ndarray] | None = None
                      ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
   """The 3D pose of every row for one batch.
 
@@ -66,6 +72,9 @@ def comparison_poses(out: dict[str, np.ndarray], lay: stages_lib.Layout,
     mean_pose: [16, 3] the training set's mean root-relative pose, or None.
     weights: [b, 16] matching weights of the detections (None: no detections).
     intrinsics: [b, 4] of the c = 1 crop, or None (scaled orthographic).
+    picked: from `render_compare.choose_and_refine` of `out['hyps']` against
+      these detections: `map_chosen` [b], and `refined` [b, 16, 3] when
+      refining; None: no render-and-compare rows.
 
   Returns:
     ({row: poses [b, 16, 3]}, {row: chosen hypothesis [b]}).
@@ -96,6 +105,11 @@ def comparison_poses(out: dict[str, np.ndarray], lay: stages_lib.Layout,
       poses['Base + Mul-S + Mul-C'] = poses['Ours w Mul-Hyp']
       unit = [i for i, (c, _) in enumerate(lay.hypotheses) if c == 1.0]
       matched('Base + Mul-S', out['hyps'], unit)
+    if picked is not None:
+      idx = np.asarray(picked['map_chosen'])
+      poses[MAPS_ROW], choice[MAPS_ROW] = out['hyps'][np.arange(b), idx], idx
+      if 'refined' in picked:
+        poses[REFINE_ROW] = np.asarray(picked['refined'])
   if 'ensemble' in out:
     poses['Ensemble'] = np.asarray(matching.ensemble_mean(out['ensemble']))
   if 'gt_hyps' in out:

@@ -8,6 +8,8 @@ A config (an `ml_collections.ConfigDict`) has these groups:
   <stage>:     one group per stage (skeleton_net, regressor, direct_rgb,
                ensemble, hourglass, lifting) with `model` and `train`.
   eval:        what `--mode=eval` compares and where detections come from.
+  matching:    how the pipeline picks a hypothesis (reprojection, maps, both).
+  refine:      render-and-compare refinement of the picked pose (0 steps = off).
   predict:     `--mode=predict` inputs.
   benchmark:   `--mode=benchmark` settings.
   parallel:    mesh layout and multi-host initialisation.
@@ -226,6 +228,35 @@ def _mode_groups() -> dict[str, ml_collections.ConfigDict]:
   }
 
 
+def _render_compare_groups() -> dict[str, ml_collections.ConfigDict]:
+  """Hypothesis selection and refinement, everywhere the pipeline runs.
+
+  See inference/render_compare.py: `matching.method` 'reprojection' (the
+  paper's Eq. 1), 'maps' (cross-entropy of each hypothesis' rendered maps
+  against the predicted ones) or 'both' ((px / crop side)^2 + maps_weight x
+  map score); `refine` moves the selected pose by Adam steps on the
+  render-and-compare loss.
+  """
+  return {
+      'matching': ml_collections.ConfigDict({
+          'method': 'reprojection',
+          'maps_weight': 1.0,
+          'temperature': 0.25,        # soft rasterizer edge, map pixels
+          'depth_temperature': 10.0,  # soft rasterizer depth order, mm
+      }),
+      # Refinement of the selected pose by Adam steps on the render-and-compare loss.
+      'refine': ml_collections.ConfigDict({
+          'steps': 0,                 # 0: off
+          'learning_rate': 5.0,       # mm per step (Adam)
+          'variables': 'joints',      # 'joints' (3D joints) or 'bones' (directions, lengths kept)
+          'maps_weight': 1.0,         # x map cross-entropy
+          'reprojection_weight': 100.0,  # x mean squared 2D error in crop sides
+          'bone_weight': 10.0,        # x mean squared relative bone-length change
+          'anchor_weight': 1.0,       # x mean squared move from the start, in mean bone lengths
+      }),
+  }
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Defaults shared by every experiment (the paper's Human3.6M setting)."""
   c = ml_collections.ConfigDict()
@@ -236,7 +267,8 @@ def base_config() -> ml_collections.ConfigDict:
       'base': 0,  # index of the paper's w/o Mul-Hyp hypothesis (c=1.0, l=10)
   })
   c.stages = 'skeleton_net,regressor'
-  for name, group in {**_stage_groups(), **_mode_groups()}.items():
+  for name, group in {**_stage_groups(), **_mode_groups(),
+                      **_render_compare_groups()}.items():
     c[name] = group
   return c
 
@@ -340,6 +372,7 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
          config.regressor.gt_steps, 'a step count >= 0')
   _check(config.regressor.input_size % 32 == 0, 'regressor.input_size',
          config.regressor.input_size, 'a multiple of 32')
+  _check_render_compare(config)
   _check(config.hourglass.loss in ('mse', 'integral'), 'hourglass.loss',
          config.hourglass.loss, "'mse' or 'integral'")
   hg_div = 4 * 2 ** config.hourglass.model.depth
@@ -383,6 +416,23 @@ def take_builder_flags(argv: list[str]) -> tuple[list[str], list[tuple[str, str]
         raise errors.ConfigError(f'flag {name}: expected {name}=VALUE')
     taken.append((name, value))
   return rest, taken
+def _check_render_compare(config: ml_collections.ConfigDict) -> None:
+  m, r = config.matching, config.refine
+  _check(m.method in ('reprojection', 'maps', 'both'), 'matching.method', m.method,
+         "'reprojection', 'maps' or 'both'")
+  for key, value in (('matching.maps_weight', m.maps_weight),
+                     ('matching.temperature', m.temperature),
+                     ('matching.depth_temperature', m.depth_temperature),
+                     ('refine.maps_weight', r.maps_weight),
+                     ('refine.reprojection_weight', r.reprojection_weight),
+                     ('refine.bone_weight', r.bone_weight),
+                     ('refine.anchor_weight', r.anchor_weight)):
+    _check(value >= 0, key, value, 'a number >= 0')
+  _check(isinstance(r.steps, int) and r.steps >= 0, 'refine.steps', r.steps,
+         'a step count >= 0 (0: no refinement)')
+  _check(r.learning_rate > 0, 'refine.learning_rate', r.learning_rate, '> 0 (mm per step)')
+  _check(r.variables in ('joints', 'bones'), 'refine.variables', r.variables,
+         "'joints' or 'bones'")
 
 
 def stage_list(config: ml_collections.ConfigDict) -> list[str]:

@@ -73,8 +73,12 @@ def _is_concrete(x: Any) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
-def _check_inputs(joints_2d, depth, stick_width, size, visible):
-  """Validates shapes (always) and values (when concrete); returns leading."""
+def check_inputs(joints_2d, depth, stick_width, size, visible):
+  """Validates shapes (always) and values (when concrete); returns leading.
+
+  Shared with `soft_rasterize`: the arguments of `skeleton_maps`; raises
+  ValueError as it documents.
+  """
   if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
     raise ValueError(f'size must be a static Python int, got {size!r}')
   if size < 1:
@@ -224,7 +228,7 @@ def _validated(joints_2d, depth, stick_width, size, visible):
   joints_2d = jnp.asarray(joints_2d)
   depth = jnp.asarray(depth)
   visible = None if visible is None else jnp.asarray(visible)
-  _check_inputs(joints_2d, depth, stick_width, size, visible)
+  check_inputs(joints_2d, depth, stick_width, size, visible)
   return joints_2d, depth, stick_width, visible, int(size)
 
 

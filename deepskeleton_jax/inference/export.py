@@ -9,7 +9,8 @@ writes `WORKDIR/export/` (or `config.export.output_dir`):
 - `model.jax` (`config.export.format='jax'`, the default):
   `jax.export.Exported.serialize()` of `pipeline.make_pipeline_fn`
   (crops at every crop scale -> skeleton maps of every hypothesis ->
-  regressors -> hourglass 2D detections -> matching -> the chosen 3D pose)
+  regressors -> hourglass 2D detections -> matching (`config.matching`) ->
+  the chosen 3D pose, refined when `config.refine.steps` > 0)
   with the trained variables baked in as constants, a symbolic batch
   dimension `b`, lowered for every platform in `config.export.platforms`
   (default cpu and cuda: lowering needs no GPU, so a CPU machine exports for
@@ -127,6 +128,20 @@ def _describe(aval: Any, name: str, doc: str) -> dict[str, Any]:
   return {'name': name, 'shape': shape, 'dtype': str(np.dtype(aval.dtype)), 'description': doc}
 
 
+def _matching_text(config: ml_collections.ConfigDict) -> str:
+  """How the artifact picks and refines its pose (`config.matching`, `config.refine`)."""
+  method = {'reprojection': 'scaled orthographic reprojection error, joints weighted by '
+                            'confidence',
+            'maps': 'cross-entropy of each hypothesis\' rendered skeleton maps against the '
+                    'predicted ones (camera: scaled orthographic fit to the detections)',
+            'both': 'reprojection error (crop sides squared) + '
+                    f'{config.matching.maps_weight:g} x map cross-entropy'}[config.matching.method]
+  steps = int(config.refine.steps)
+  if steps:
+    method += f'; then {steps} render-and-compare refinement steps (see render_compare.py)'
+  return method
+
+
 def describe(config: ml_collections.ConfigDict, in_avals, out_avals,
              steps: dict[str, int], artifact: dict[str, Any]) -> dict[str, Any]:
   """The `model.json` record of an exported pipeline.
@@ -169,8 +184,7 @@ def describe(config: ml_collections.ConfigDict, in_avals, out_avals,
       },
       'hypotheses': [list(h) for h in lay.hypotheses],
       'joint_names': list(skeleton.JOINT_NAMES),
-      'matching': 'scaled orthographic reprojection error, joints weighted by confidence '
-                  '(inside the artifact)',
+      'matching': _matching_text(config) + ' (inside the artifact)',
       'stages': steps,
       'jax_version': jax.__version__,
   }

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from deepskeleton_jax import errors
-from deepskeleton_jax.inference import matching
+from deepskeleton_jax.inference import render_compare
 from deepskeleton_jax.experiment import checkpointing
 from deepskeleton_jax.experiment import stages as stages_lib
 from deepskeleton_jax.models import hypotheses
@@ -126,9 +126,12 @@ def make_pipeline_fn(config: ml_collections.ConfigDict, loaded: dict[str, Any],
   The whole test-time pipeline of the paper, matching included: the
   hypotheses are matched against the hourglass' 2D detections (scaled
   orthographic, each joint weighted by its detection confidence: a user's
-  image has no known camera). Without a hourglass the base hypothesis is
-  chosen and its 2D is its own projection, centred in the c = 1 crop.
-  `--mode=predict` (images and videos) and `--mode=export` run this function.
+  image has no known camera) by `config.matching.method` and the chosen one
+  refined by `config.refine` (`render_compare.py`; the paper's reprojection
+  matching and no refinement by default). Without a hourglass the base
+  hypothesis is chosen, unrefined, and its 2D is its own projection, centred
+  in the c = 1 crop. `--mode=predict` (images and videos) and
+  `--mode=export` run this function.
 
   Args:
     config: finalised config.
@@ -139,7 +142,7 @@ def make_pipeline_fn(config: ml_collections.ConfigDict, loaded: dict[str, Any],
   Returns:
     The function. `images` is uint8 [b, C, S, S, 3], the crops at every
     `data.crop_scales`. Outputs: `pose` [b, 16, 3] (mm, root-relative, the
-    chosen hypothesis), `chosen` [b] int32, `hyps` [b, H, 16, 3],
+    chosen hypothesis, refined when `refine.steps` > 0), `chosen` [b] int32, `hyps` [b, H, 16, 3],
     `joints_2d` [b, 16, 2] (pixels of the c = 1 crop), `confidence` [b, 16],
     and with `with_maps` `maps` [b, H, s, s, 6] (fg RGB, bg RGB in [0, 1]).
   """
@@ -150,6 +153,8 @@ def make_pipeline_fn(config: ml_collections.ConfigDict, loaded: dict[str, Any],
   predict_fn = make_predict_fn(config, stages, with_labels=False)
   lay = stages_lib.layout(config)
   num_scales = len(config.data.crop_scales)
+  geom = render_compare.geometry(lay)
+  settings = render_compare.settings(config)
 
   def fn(variables, norms, images):
     chex.assert_shape(images, (None, num_scales, lay.input_size, lay.input_size, 3))
@@ -157,7 +162,10 @@ def make_pipeline_fn(config: ml_collections.ConfigDict, loaded: dict[str, Any],
     hyps = out['hyps']
     if 'detections' in out:
       joints, conf = out['detections'], out['detection_conf']
-      chosen, pose = matching.select(hyps, joints, jnp.clip(conf, 0.0, None))
+      picked = render_compare.choose_and_refine(
+          hyps, jnp.moveaxis(out['maps'], 0, 1), joints, jnp.clip(conf, 0.0, None), None,
+          geom, settings)
+      chosen, pose = picked['chosen'], picked['pose']
     else:
       chosen = jnp.full(hyps.shape[:1], lay.base, jnp.int32)
       pose = hyps[:, lay.base]

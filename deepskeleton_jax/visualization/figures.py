@@ -75,6 +75,39 @@ def skeleton_maps_figure(image: np.ndarray | None,
   return _save(fig, path)
 
 
+def render_compare_figure(path: str | None,
+                          predicted: np.ndarray,
+                          before: np.ndarray,
+                          after: np.ndarray | None = None,
+                          title: str | None = None) -> str | Figure:
+  """A hypothesis' predicted maps beside its renders before and after refinement.
+
+  Args:
+    path: PNG to write, or None to return the figure.
+    predicted: [h, w, 6] the SkeletonMapNet's maps (fg RGB, bg RGB in [0, 1]).
+    before: [h, w, 6] the selected hypothesis rendered (soft rasterizer).
+    after: [h, w, 6] the refined pose rendered, or None (no refinement).
+    title: optional figure title.
+
+  Returns:
+    `path`, or the Figure when `path` is None.
+  """
+  rows = [('predicted', predicted), ('rendered', before)]
+  if after is not None:
+    rows.append(('refined', after))
+  fig = Figure(figsize=(5.0, 2.4 * len(rows) + (0.3 if title else 0.0)), dpi=drawing.DPI,
+               layout='constrained')
+  for r, (name, maps) in enumerate(rows):
+    maps = drawing.check_array(name, np.asarray(maps, np.float32), (None, None, 6))
+    for c, (side, channels) in enumerate((('fg', slice(0, 3)), ('bg', slice(3, 6)))):
+      ax = fig.add_subplot(len(rows), 2, 2 * r + c + 1)
+      drawing.show_image(ax, drawing.as_rgb(side, maps[..., channels]),
+                         f'{name} {side}', 'nearest')
+  if title:
+    fig.suptitle(title, fontsize=11)
+  return _save(fig, path)
+
+
 def prediction_figure(path: str | None,
                       image: np.ndarray,
                       joints_2d: np.ndarray,
