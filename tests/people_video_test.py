@@ -1,0 +1,193 @@
+"""Several people in a video and in images, keypoint files, camera-space roots.
+
+A synthetic video of two people (two walking clips side by side, known 2D
+joints, face points and boxes) runs through `--mode=predict` with a
+two-person boxes file and with COCO-17 and 16-joint keypoint files written
+from the truth, the people listed in a different order from frame to frame:
+every frame has both, ids never swap, the 2D comes from the file unsmoothed.
+The tiny checkpoints check this plumbing; whether tracking without a file
+finds both people, and whether the root's depth is right, needs the trained
+demo (`demo_workdir`, opt-in like predict_video_test's tracking test).
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from configs import demo
+from deepskeleton_jax.experiment import config_lib
+from deepskeleton_jax.geometry import coco17
+from deepskeleton_jax.geometry import skeleton
+from deepskeleton_jax.inference import predict
+from deepskeleton_jax.inference import tracking
+
+J = skeleton.JOINT_INDEX
+T = 16
+
+
+@pytest.fixture(scope='module')
+def pair(synthetic_video):
+  clips = [synthetic_video.render_clip(num_frames=T, height=192, width=192, seed=s)
+           for s in (0, 1)]
+  return synthetic_video.side_by_side(clips)
+
+
+@pytest.fixture(scope='module')
+def pair_file(pair, synthetic_video, tmp_path_factory):
+  path = tmp_path_factory.mktemp('pair') / 'pair.mp4'
+  synthetic_video.write_video(str(path), pair.frames, pair.fps)
+  return path
+
+
+def _predict(pipe, out_dir, **fields):
+  fields.setdefault('min_confidence', -1.0)  # untrained tiny hourglass: keep every crop
+  return predict.predict(pipe.config(output_dir=str(out_dir), **fields), pipe.workdir)
+
+
+def _orders(t):
+  return (0, 1) if t % 3 else (1, 0)  # the file lists the people in varying order
+
+
+def _check_two_people(result, out_json, ids):
+  """Both people on every frame, each id always on its own side (left id first)."""
+  assert list(result['people']) == sorted(ids)
+  for person_id, side in zip(ids, (0, 1)):
+    person = result['people'][person_id]
+    assert person.present.all()
+    x = np.nanmean(person.joints_2d_raw[..., 0], axis=1)
+    assert np.all((x > 192) == bool(side)), (person_id, x)  # never swapped
+  saved = json.loads(out_json.read_text())
+  assert all(sorted(p['id'] for p in f['people']) == sorted(ids) for f in saved['frames'])
+  return saved
+
+
+def test_two_person_boxes_file(tiny_pipeline, pair, pair_file, tmp_path):
+  rows = ['frame id x0 y0 x1 y1']
+  for t in range(T):
+    for k in _orders(t):
+      rows.append(f'{t},{(5, 2)[k]},' + ','.join(f'{v:.4f}' for v in pair.boxes[k, t]))
+  (tmp_path / 'boxes.csv').write_text('\n'.join(rows))
+  result = _predict(tiny_pipeline, tmp_path / 'out', video=str(pair_file),
+                    boxes_file=str(tmp_path / 'boxes.csv'))
+  saved = json.loads((tmp_path / 'out' / 'pair.json').read_text())
+  assert all(sorted(p['id'] for p in f['people']) == [2, 5] for f in saved['frames'])
+  for person_id, k in ((5, 0), (2, 1)):  # the file's ids and boxes, whatever the order
+    np.testing.assert_allclose(result['people'][person_id].boxes, pair.boxes[k], atol=1e-3)
+  npz = np.load(tmp_path / 'out' / 'pair_poses.npz')
+  assert npz['ids'].tolist() == [2, 5] and npz['root_camera_mm'].shape == (2, T, 3)
+  assert np.all(np.isfinite(npz['root_camera_mm'])) and np.all(npz['root_camera_mm'][..., 2] > 0)
+  assert result['crops_run'] == 2 * T  # 32 crops: 4 full batches
+
+
+def _coco_entries(pair, synthetic_video):
+  """COCO-17 results from the truth: pixel indices (ours - 0.5), scores 0.9, no track_id."""
+  kp = np.concatenate([synthetic_video.coco17_2d(pair.joints_2d, pair.face_2d) - 0.5,
+                       np.full(pair.joints_2d.shape[:2] + (17, 1), 0.9)], axis=-1)
+  return [{'image_id': t, 'category_id': 1, 'keypoints': kp[k, t].ravel().tolist(),
+           'score': 0.9, 'bbox': [0, 0, 10, 10]} for t in range(T) for k in _orders(t)]
+
+
+def test_two_person_coco_keypoints_file(tiny_pipeline, pair, pair_file, synthetic_video,
+                                        tmp_path):
+  (tmp_path / 'kp.json').write_text(json.dumps(_coco_entries(pair, synthetic_video)))
+  result = _predict(tiny_pipeline, tmp_path / 'out', video=str(pair_file), smoothing='none',
+                    keypoints_file=str(tmp_path / 'kp.json'), min_confidence=1e9)
+  # min_confidence is for detections: a keypoints file's people are all there.
+  first = result['people'][0]
+  left, right = (0, 1) if np.nanmean(first.joints_2d_raw[..., 0]) < 192 else (1, 0)
+  saved = _check_two_people(result, tmp_path / 'out' / 'pair.json', (left, right))
+  assert saved['joints_2d_source'] == 'keypoints_file' and saved['box_source'] == 'keypoints_file'
+  for person_id, k in ((left, 0), (right, 1)):
+    person = result['people'][person_id]
+    np.testing.assert_allclose(person.joints_2d, person.joints_2d_raw)  # smoothing off
+    for ours in list(coco17.DIRECT) + [J['pelvis']]:  # exact joints of the mapping
+      np.testing.assert_allclose(person.joints_2d[:, ours], pair.joints_2d[k, :, ours],
+                                 atol=1e-3)
+    np.testing.assert_allclose(person.confidence[:, J['r_knee']], 0.9, rtol=1e-6)
+    head_len = np.linalg.norm(pair.joints_2d[k, :, J['head_top']]
+                              - pair.joints_2d[k, :, J['upper_neck']], axis=-1)
+    head_err = np.linalg.norm(person.joints_2d[:, J['head_top']]
+                              - pair.joints_2d[k, :, J['head_top']], axis=-1)
+    assert np.median(head_err / head_len) < 0.4
+    box_centre = (person.boxes[:, :2] + person.boxes[:, 2:]) / 2
+    true_centre = (pair.boxes[k, :, :2] + pair.boxes[k, :, 2:]) / 2
+    assert np.max(np.abs(box_centre - true_centre)) < 0.1 * (pair.boxes[k, 0, 2]
+                                                             - pair.boxes[k, 0, 0])
+
+
+def test_two_person_joints_file_keeps_track_ids(tiny_pipeline, pair, pair_file, tmp_path):
+  entries = []
+  for t in range(T):
+    for k in _orders(t):
+      entries.append({'frame': t, 'joints': pair.joints_2d[k, t].tolist(),
+                      'track_id': (7, 3)[k]})
+  (tmp_path / 'kp.json').write_text(json.dumps(entries))
+  result = _predict(tiny_pipeline, tmp_path / 'out', video=str(pair_file), smoothing='none',
+                    keypoints_file=str(tmp_path / 'kp.json'))
+  _check_two_people(result, tmp_path / 'out' / 'pair.json', (7, 3))
+  for person_id, k in ((7, 0), (3, 1)):
+    np.testing.assert_allclose(result['people'][person_id].joints_2d, pair.joints_2d[k],
+                               atol=1e-4)
+
+
+def test_max_people_two_without_a_file(tiny_pipeline, pair_file, tmp_path):
+  """Plumbing on the tiny model: at most two people a frame, distinct ids."""
+  result = _predict(tiny_pipeline, tmp_path, video=str(pair_file), max_people=2)
+  frames = json.loads((tmp_path / 'pair.json').read_text())['frames']
+  counts = [len(f['people']) for f in frames]
+  assert max(counts) == 2 and min(counts) >= 1, counts
+  assert all(len({p['id'] for p in f['people']}) == len(f['people']) for f in frames)
+
+
+def test_images_with_several_people(tiny_pipeline, pair, tmp_path):
+  import cv2  # pylint: disable=g-import-not-at-top
+  for name, t in (('a.png', 0), ('b.png', 5)):
+    cv2.imwrite(str(tmp_path / name), pair.frames[t][..., ::-1])
+  entries = [{'image': 'b.png', 'id': 1, 'box': pair.boxes[1, 5].tolist()},
+             {'image': 'a.png', 'id': 0, 'box': pair.boxes[0, 0].tolist()},
+             {'image': 'a.png', 'id': 9, 'box': pair.boxes[1, 0].tolist()}]
+  (tmp_path / 'boxes.json').write_text(json.dumps(entries))
+  records = _predict(tiny_pipeline, tmp_path / 'out', boxes_file=str(tmp_path / 'boxes.json'),
+                     images=f'{tmp_path / "a.png"},{tmp_path / "b.png"}')
+  assert [[p['id'] for p in r['people']] for r in records] == [[0, 9], [1]]
+  np.testing.assert_allclose(records[0]['people'][1]['box'], pair.boxes[1, 0], atol=1e-3)
+  assert 'joints_3d_mm' not in records[0]  # with a file: only "people"
+  assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == [
+      'a.json', 'a_0.png', 'a_9.png', 'b.json', 'b_1.png']
+
+
+def _demo_config(**predict_fields):
+  config = demo.get_config()
+  config.predict.update(predict_fields)
+  return config_lib.finalize(config)
+
+
+def test_tracking_finds_both_people(demo_workdir, pair, pair_file, tmp_path):
+  """max_people=2, no file: each true person has a box with IoU >= 0.5 on most frames."""
+  result = predict.predict(_demo_config(video=str(pair_file), max_people=2,
+                                        output_dir=str(tmp_path)), demo_workdir)
+  hits = np.zeros((2, T), bool)
+  for person in result['people'].values():
+    for t in np.flatnonzero(person.present):
+      for k in range(2):
+        hits[k, t] |= tracking.iou(person.boxes[t], pair.boxes[k, t]) >= 0.5
+  print('frames where each person is found:', hits.sum(1), 'ids', list(result['people']))
+  assert np.all(hits.mean(1) > 0.5), hits
+
+
+def test_root_depth_with_true_intrinsics(demo_workdir, synthetic_video, tmp_path):
+  """The synthetic clip's camera: root depth within 10% of the truth on most frames."""
+  clip = synthetic_video.render_clip(num_frames=30, seed=0)
+  path = tmp_path / 'walk.mp4'
+  synthetic_video.write_video(str(path), clip.frames, clip.fps)
+  (tmp_path / 'boxes.csv').write_text('\n'.join(' '.join(map(str, b)) for b in clip.boxes))
+  result = predict.predict(_demo_config(
+      video=str(path), output_dir=str(tmp_path / 'out'), boxes_file=str(tmp_path / 'boxes.csv'),
+      intrinsics=' '.join(str(v) for v in clip.intrinsics[0])), demo_workdir)
+  person = result['people'][0]
+  truth = clip.joints_3d[:, J['thorax'], 2]
+  for key in ('root_camera_mm_raw', 'root_camera_mm'):
+    rel = np.abs(getattr(person, key)[:, 2] - truth) / truth
+    print(f'{key}: relative depth error per frame {np.round(rel, 3).tolist()}')
+    assert np.mean(rel < 0.1) > 0.5, (key, rel)
