@@ -49,6 +49,15 @@ def test_noisy_2d_and_weights(clip):
   assert abs(found[0].root_camera_mm[2] - depth) < 0.03 * depth
 
 
+def test_a_root_behind_the_camera_is_nan(clip):
+  """-X projects like X: the pose reflected through the camera centre fits behind it."""
+  truth = clip.joints_3d[0] - clip.joints_3d[0, ROOT]
+  found = [_found(clip, 0), _found(clip, 0, hyps=np.stack([-truth, -truth]))]
+  people.finish(found, clip.intrinsics[0], reselect=False)
+  assert np.all(np.isfinite(found[0].root_camera_mm))
+  assert np.all(np.isnan(found[1].root_camera_mm))
+
+
 def test_reselect_picks_the_hypothesis_that_fits_the_2d(clip):
   truth = clip.joints_3d[0] - clip.joints_3d[0, ROOT]
   wrong = truth * np.array([-1.0, 1.0, 1.0])  # mirrored left-right

@@ -5,7 +5,8 @@ hypotheses, the chosen pose) gets, from `finish`, the camera-space position
 of its root joint (the thorax): the chosen root-relative hypothesis is fitted
 to the 2D joints with the pinhole camera (`matching.fit_root_translation`:
 the translation T whose projection of `pose + T` best matches the 2D,
-each joint weighted by its confidence), and `root_camera_mm = pose[root] + T`.
+each joint weighted by its confidence), and `root_camera_mm = pose[root] + T`
+(NaN, null in the JSON, when the fit puts it behind the camera).
 The camera is `config.predict.intrinsics` ("fx fy cx cy", frame pixels) or,
 without it, a pinhole with `config.predict.fov_deg` (default 60 degrees)
 across the frame's longer side, centred: f = (longer side / 2) /
@@ -136,7 +137,9 @@ def finish(found: list[Found], camera: np.ndarray, reselect: bool) -> None:
       np.stack([f.joints_2d for f in found]).astype(np.float32),
       np.stack([f.confidence for f in found]).astype(np.float32), camera, reselect))
   for f, c, p, r in zip(found, chosen, pose, root):
-    f.chosen, f.pose, f.root_camera_mm = int(c), np.asarray(p), np.asarray(r)
+    behind = not r[2] > 0  # a fit behind the camera is no position (NaN)
+    f.chosen, f.pose = int(c), np.asarray(p)
+    f.root_camera_mm = np.full(3, np.nan, np.float32) if behind else np.asarray(r)
 
 
 def assemble(frames: list[list[Found]], num_hyps: int, fps: float) -> dict[int, PersonTrack]:
@@ -183,7 +186,8 @@ def smooth_people(people: dict[int, PersonTrack], cfg: Any) -> None:
                                    scale=size_2d).astype(np.float32)
     p.joints_3d = smoothing.smooth(p.joints_3d_raw, p.present, cfg, p.fps,
                                    scale=size_3d).astype(np.float32)
-    p.root_camera_mm = smoothing.smooth(p.root_camera_mm_raw, p.present, cfg, p.fps,
+    placed = p.present & np.all(np.isfinite(p.root_camera_mm_raw), axis=-1)
+    p.root_camera_mm = smoothing.smooth(p.root_camera_mm_raw, placed, cfg, p.fps,
                                         scale=size_3d).astype(np.float32)
 
 
