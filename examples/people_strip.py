@@ -54,7 +54,7 @@ def main():
           f'{np.round(root[0]).tolist()} to {np.round(root[-1]).tolist()} mm (camera frame)')
   image, index = video_strip.tile(video_strip.read_frames(result['paths']['overlay']),
                                   args.num, args.rows)
-  cv2.imwrite(args.png, image)
+  cv2.imwrite(args.png, image, [cv2.IMWRITE_PNG_COMPRESSION, 9])
   print(f'{args.png}: frames {index} of {result["num_frames"]} ({args.source})')
 
 
