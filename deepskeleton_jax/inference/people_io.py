@@ -102,11 +102,11 @@ def _read(path: str, what: str) -> str:
     raise errors.InputError(f'{path}: cannot read the {what} ({e})') from None
 
 
-def _load_json(path: str, text: str) -> Any:
+def _load_json(path: str, text: str, expected: str) -> Any:
   try:
     return json.loads(text)
   except json.JSONDecodeError as e:
-    raise errors.InputError(f'{path}: not valid JSON ({e})') from None
+    raise errors.InputError(f'{path}: not valid JSON ({e}); expected {expected}') from None
 
 
 def _flat(values: Any) -> list:
@@ -213,7 +213,7 @@ def read_boxes_file(path: str, index: Index) -> list[list[GivenPerson]]:
   """
   text = _read(path, 'boxes file')
   if path.lower().endswith('.json') or text.lstrip()[:1] in ('[', '{'):
-    data = _load_json(path, text)
+    data = _load_json(path, text, 'a JSON list of {"frame", "id", "box"} entries')
     if isinstance(data, dict) and isinstance(data.get('frames'), list) and any(
         isinstance(f, dict) and 'people' in f for f in data['frames']):
       data = [dict(p, frame=f.get('frame', n)) for n, f in enumerate(data['frames'])
@@ -280,7 +280,8 @@ def read_keypoints_file(path: str, index: Index, margin: float,
   Raises:
     errors.InputError: unreadable file or a bad entry.
   """
-  data = _load_json(path, _read(path, 'keypoints file'))
+  data = _load_json(path, _read(path, 'keypoints file'),
+                    'a JSON list of {"frame", "keypoints" or "joints"} entries')
   if not isinstance(data, list):
     raise errors.InputError(f'{path}: expected a JSON list of {{"frame" or "image_id", '
                             '"keypoints" or "joints", ...}} entries, one per person and frame')
