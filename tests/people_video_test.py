@@ -108,8 +108,8 @@ def test_two_person_coco_keypoints_file(tiny_pipeline, pair, pair_file, syntheti
     # The pelvis: midpoint of the projected hips (the projected midpoint is 0.1 px away).
     np.testing.assert_allclose(person.joints_2d[:, J['pelvis']],
                                pair.joints_2d[k][:, [J['l_hip'], J['r_hip']]].mean(1), atol=1e-3)
-    np.testing.assert_allclose(person.joints_2d[:, J['pelvis']], pair.joints_2d[k, :, J['pelvis']],
-                               atol=0.2)
+    np.testing.assert_allclose(person.joints_2d[:, J['pelvis']],
+                               pair.joints_2d[k, :, J['pelvis']], atol=0.2)
     np.testing.assert_allclose(person.confidence[:, J['r_knee']], 0.9, rtol=1e-6)
     head_len = np.linalg.norm(pair.joints_2d[k, :, J['head_top']]
                               - pair.joints_2d[k, :, J['upper_neck']], axis=-1)
@@ -221,8 +221,9 @@ def test_root_depth_with_true_intrinsics(demo_workdir, synthetic_video, tmp_path
   depth 15-22% too near).
   """
   bones = np.array(skeleton.BONES)
-  size = lambda p: np.linalg.norm(p[..., bones[:, 0], :] - p[..., bones[:, 1], :],  # pylint: disable=unnecessary-lambda-assignment
-                                  axis=-1).sum(-1)
+
+  def size(pose):  # the sum of the 15 bone lengths
+    return np.linalg.norm(pose[..., bones[:, 0], :] - pose[..., bones[:, 1], :], axis=-1).sum(-1)
   for seed in range(5):
     clip = synthetic_video.render_clip(num_frames=30, seed=seed)
     path = tmp_path / f'walk{seed}.mp4'
