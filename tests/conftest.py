@@ -4,7 +4,9 @@
 configs/tiny.py for a few steps, once per session, so each program compiles
 once (the checkpoints are tiny and untrained: they test plumbing, not
 accuracy); `synthetic_clip` renders a 30-frame video of a walking person
-with known joints and boxes.
+with known joints and boxes; `demo_workdir` is a trained demo workdir
+(DEEPSKELETON_DEMO_WORKDIR, default workdir/demo) for the opt-in accuracy
+tests, which skip without one.
 
 The fast tier, `python -m pytest -q -m "not slow"`, leaves out the tests
 marked `slow` here (and in their own files: wheel_test, device_check_test):
@@ -14,12 +16,16 @@ or train for more than a few seconds (measured with `--durations`), while
 each module keeps its quick unit tests.
 """
 
+import os
 import pathlib
 
 import pytest
 
+from configs import demo
 from configs import tiny
+from deepskeleton_jax import errors
 from deepskeleton_jax.data import registry
+from deepskeleton_jax.experiment import checkpointing
 from deepskeleton_jax.experiment import config_lib
 from deepskeleton_jax.training import train_loop
 
@@ -115,3 +121,19 @@ def synthetic_video():
 def synthetic_clip(synthetic_video):
   """30 frames (192 x 256) of a person walking, with joints and boxes."""
   return synthetic_video.render_clip(num_frames=30, height=192, width=256, seed=0)
+
+
+@pytest.fixture(scope='session')
+def demo_workdir() -> str:
+  """A workdir the current demo config trained (skips the test without one)."""
+  path = pathlib.Path(os.environ.get('DEEPSKELETON_DEMO_WORKDIR', REPO / 'workdir' / 'demo'))
+  needed = ('skeleton_net', 'regressor', 'hourglass')
+  if not all((path / s / 'checkpoints').is_dir() for s in needed):
+    pytest.skip(f'no trained demo workdir at {path} (run `python run.py`, or set '
+                'DEEPSKELETON_DEMO_WORKDIR)')
+  try:
+    checkpointing.check_trained_with(config_lib.finalize(demo.get_config()), str(path),
+                                     'hourglass')
+  except errors.ConfigError as e:
+    pytest.skip(f'the demo workdir at {path} is from an older demo config: {e}')
+  return str(path)

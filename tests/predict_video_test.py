@@ -1,4 +1,4 @@
-"""Tests of `--mode=predict --config.predict.video=...` (inference/predict_video.py).
+"""Tests of `--mode=predict --config.predict.video=...` (inference/predict_video.py), one person.
 
 The tiny checkpoints (tests/conftest.py) check the plumbing: one output entry
 per frame, the overlay's frame count and size, given boxes, frames without a
@@ -6,6 +6,7 @@ person, the tracking invariant, smoothing and every bad input. Whether the
 tracked boxes follow the person needs a model that has learned something:
 `test_tracked_boxes_follow_the_person` runs on a trained demo workdir when one
 exists (DEEPSKELETON_DEMO_WORKDIR, default workdir/demo) and skips otherwise.
+Several people, keypoints files and the camera-space root: people_video_test.py.
 """
 
 import json
@@ -21,10 +22,9 @@ import pytest
 from configs import demo
 from deepskeleton_jax import errors
 from deepskeleton_jax.inference import predict
-from deepskeleton_jax.inference import predict_video
 from deepskeleton_jax.inference import smoothing
+from deepskeleton_jax.inference import tracking
 from deepskeleton_jax.visualization import video_overlay
-from deepskeleton_jax.experiment import checkpointing
 from deepskeleton_jax.experiment import config_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -54,6 +54,23 @@ def _read_video(path):
   return np.stack(frames), fps
 
 
+def one_person(result):
+  """Per frame (boxes [T, 4], joints_2d_raw [T, 16, 2], present [T]) of a one-person run.
+
+  With `max_people=1` a frame has at most one person, whatever its id (an
+  untrained model's boxes may jump far enough to start a new id).
+  """
+  t = result['num_frames']
+  boxes, joints = np.full((t, 4), np.nan), np.full((t, 16, 2), np.nan)
+  present = np.zeros(t, bool)
+  for person in result['people'].values():
+    assert not np.any(present & person.present)
+    present |= person.present
+    boxes[person.present] = person.boxes[person.present]
+    joints[person.present] = person.joints_2d_raw[person.present]
+  return boxes, joints, present
+
+
 def _square_box(joints, margin, h, w):
   """The tracker's box, written out again: square, margin x extent, same centre."""
   lo, hi = joints.min(0), joints.max(0)
@@ -73,20 +90,30 @@ def test_outputs_have_one_entry_per_frame(tiny_pipeline, clip_file, synthetic_cl
   saved = json.loads((tmp_path / 'walk.json').read_text())
   assert saved['num_frames'] == t and len(saved['frames']) == t
   assert saved['fps'] == pytest.approx(25.0) and saved['frame_size'] == [w, h]
-  frame = saved['frames'][3]
-  assert frame['person'] and np.asarray(frame['joints_2d']).shape == (16, 2)
-  assert np.asarray(frame['hypotheses_mm']).shape == (2, 16, 3)
-  assert np.asarray(frame['joints_3d_mm']).shape == (16, 3) and len(frame['box']) == 4
-  assert 0 <= frame['chosen_hypothesis'] < 2 and frame['detection_confidence'] is not None
+  assert all(len(f['people']) == 1 for f in saved['frames'])  # min_confidence -1
+  person = saved['frames'][3]['people'][0]
+  assert np.asarray(person['joints_2d']).shape == (16, 2) and len(person['box']) == 4
+  assert np.asarray(person['hypotheses']).shape == (2, 16, 3)
+  assert np.asarray(person['pose_3d']).shape == (16, 3)
+  # null where the (untrained) pose fits behind the camera
+  assert all(p['root_camera_mm'] is None or len(p['root_camera_mm']) == 3
+             for f in saved['frames'] for p in f['people'])
+  assert 0 <= person['hypothesis'] < 2 and len(person['confidence']) == 16
   npz = np.load(tmp_path / 'walk_poses.npz')
+  p = len(npz['ids'])
   for key, shape in (('boxes', (t, 4)), ('joints_2d', (t, 16, 2)), ('joints_3d', (t, 16, 3)),
-                     ('hypotheses', (t, 2, 16, 3)), ('chosen', (t,)), ('person', (t,))):
-    assert npz[key].shape == shape, key
-  chosen = npz['hypotheses'][np.arange(t), npz['chosen']]
-  np.testing.assert_allclose(npz['joints_3d_raw'], chosen, atol=1e-5)
-  np.testing.assert_allclose(npz['boxes'][0], [0, 0, w, h])  # no search: the whole frame
+                     ('hypotheses', (t, 2, 16, 3)), ('chosen', (t,)), ('present', (t,)),
+                     ('root_camera_mm', (t, 3))):
+    assert npz[key].shape == (p,) + shape, key
+  for n in range(p):
+    seen = npz['present'][n]
+    chosen = npz['hypotheses'][n, seen, npz['chosen'][n, seen]]
+    np.testing.assert_allclose(npz['joints_3d_raw'][n, seen], chosen, atol=1e-5)
+  boxes, _, present = one_person(result)
+  assert present.all()
+  np.testing.assert_allclose(boxes[0], [0, 0, w, h])  # no search: the whole frame
   assert sorted(os.listdir(tmp_path)) == ['walk.json', 'walk_overlay.mp4', 'walk_poses.npz']
-  assert result['track'].frames_run >= t
+  assert result['crops_run'] >= t
 
 
 def test_tracking_keeps_frames_only_within_the_iou(tiny_pipeline, clip_file, synthetic_clip,
@@ -94,32 +121,15 @@ def test_tracking_keeps_frames_only_within_the_iou(tiny_pipeline, clip_file, syn
   """Each kept frame's box overlaps the box tracked from its previous frame."""
   h, w = synthetic_clip.frames.shape[1:3]
   for min_iou in (0.8, 1.0):
-    track = _predict(tiny_pipeline, tmp_path / str(min_iou), video=str(clip_file),
-                     track_min_iou=min_iou, smoothing='none')['track']
-    for i in range(1, len(track.boxes)):
-      want = _square_box(track.joints_2d[i - 1], 1.25, h, w)
-      assert predict_video.iou(track.boxes[i], want) >= min_iou - 1e-6, (min_iou, i)
+    result = _predict(tiny_pipeline, tmp_path / str(min_iou), video=str(clip_file),
+                      track_min_iou=min_iou, smoothing='none')
+    boxes, joints, present = one_person(result)
+    assert present.all()
+    for i in range(1, len(boxes)):
+      want = _square_box(joints[i - 1], 1.25, h, w)
+      assert tracking.iou(boxes[i], want) >= min_iou - 1e-6, (min_iou, i)
   # min_iou = 1: exactly frame-by-frame tracking.
-  np.testing.assert_allclose(track.boxes[5], _square_box(track.joints_2d[4], 1.25, h, w),
-                             atol=1e-3)
-
-
-def test_search_windows_cover_the_frame():
-  windows = predict_video.search_windows(192, 256, (1.0, 0.5))
-  np.testing.assert_allclose(windows[0], [0, 0, 256, 192])
-  sides = windows[1:, 2] - windows[1:, 0]
-  np.testing.assert_allclose(windows[1:, 3] - windows[1:, 1], sides)  # squares
-  assert sorted(set(np.round(sides, 3))) == [96.0, 192.0]
-  assert windows.min() >= 0 and windows[:, 2].max() <= 256 and windows[:, 3].max() <= 192
-  small = windows[1:][sides < 100]
-  assert len(small) == 5 * 3  # stride 48 px: x at 48..208, y at 48..144
-  # Every pixel centre of the frame is inside a window of each size.
-  ys, xs = np.mgrid[0:192, 0:256] + 0.5
-  for group in (windows[1:][sides > 100], small):
-    inside = np.zeros_like(xs, bool)
-    for x0, y0, x1, y1 in group:
-      inside |= (xs >= x0) & (xs <= x1) & (ys >= y0) & (ys <= y1)
-    assert inside.all()
+  np.testing.assert_allclose(boxes[5], _square_box(joints[4], 1.25, h, w), atol=1e-3)
 
 
 def test_boxes_file_and_folder_of_frames(tiny_pipeline, synthetic_clip, tmp_path):
@@ -134,32 +144,34 @@ def test_boxes_file_and_folder_of_frames(tiny_pipeline, synthetic_clip, tmp_path
                     boxes_file=str(tmp_path / 'boxes.json'))
   npz = np.load(tmp_path / 'out' / 'frames_poses.npz')
   keep = np.arange(30) != 4
-  np.testing.assert_allclose(npz['boxes'][keep], synthetic_clip.boxes[keep])
-  assert not npz['person'][4] and np.all(np.isnan(npz['joints_2d'][4]))
-  assert npz['person'][keep].all() and float(npz['fps']) == 10.0
+  assert npz['ids'].tolist() == [0]  # the one-box-per-frame file: person 0
+  np.testing.assert_allclose(npz['boxes'][0, keep], synthetic_clip.boxes[keep])
+  assert not npz['present'][0, 4] and np.all(np.isnan(npz['joints_2d'][0, 4]))
+  assert npz['present'][0, keep].all() and float(npz['fps']) == 10.0
+  saved = json.loads((tmp_path / 'out' / 'frames.json').read_text())
+  assert saved['frames'][4]['people'] == [] and saved['box_source'] == 'boxes_file'
   _, fps = _read_video(tmp_path / 'out' / 'frames_overlay.mp4')
   assert fps == pytest.approx(10.0)
-  assert result['track'].frames_run == 32  # 4 full batches of 8, none rerun
+  assert result['crops_run'] == 32  # 29 crops: 4 batches of 8, none rerun
   # CSV with a header gives the same boxes.
   csv = 'x0,y0,x1,y1\n' + '\n'.join(','.join(f'{v:.6f}' for v in b) for b in synthetic_clip.boxes)
   (tmp_path / 'boxes.csv').write_text(csv)
   with_csv = _predict(tiny_pipeline, tmp_path / 'csv', video=str(folder),
                       boxes_file=str(tmp_path / 'boxes.csv'), smoothing='none')
-  np.testing.assert_allclose(with_csv['track'].boxes, synthetic_clip.boxes, atol=1e-4)
+  np.testing.assert_allclose(with_csv['people'][0].boxes, synthetic_clip.boxes, atol=1e-4)
 
 
-def test_low_confidence_frames_have_no_person(tiny_pipeline, clip_file, synthetic_clip, tmp_path):
+def test_low_confidence_frames_have_no_person(tiny_pipeline, clip_file, tmp_path):
   result = _predict(tiny_pipeline, tmp_path, video=str(clip_file), min_confidence=1e9,
-                    boxes=' '.join(str(v) for v in synthetic_clip.boxes[0]))
-  track = result['track']
-  assert not track.person.any() and np.all(track.chosen == -1)
-  assert np.all(np.isnan(result['joints_3d'])) and np.all(np.isnan(track.hyps))
-  h, w = synthetic_clip.frames.shape[1:3]
-  np.testing.assert_allclose(track.boxes[0], synthetic_clip.boxes[0], atol=1e-4)
-  np.testing.assert_allclose(track.boxes[1:], np.tile([0, 0, w, h], (29, 1)))  # restarts
+                    boxes=' '.join(str(v) for v in (60, 20, 180, 170)))
+  assert result['people'] == {}
   frames = json.loads((tmp_path / 'walk.json').read_text())['frames']
-  assert all(f['joints_3d_mm'] is None and f['chosen_hypothesis'] is None for f in frames)
-  assert all(f['detection_confidence'] is not None for f in frames)
+  assert len(frames) == 30 and all(f['people'] == [] for f in frames)
+  npz = np.load(tmp_path / 'walk_poses.npz')
+  assert npz['ids'].shape == (0,) and npz['joints_3d'].shape == (0, 30, 16, 3)
+  # Frame 0 with the given box, cut; then per batch a search (24 windows:
+  # 3 batches) that finds nobody, and the whole frame (1 batch) for 8 frames.
+  assert result['crops_run'] == 8 + 4 * 8 * 4
 
 
 @pytest.mark.parametrize('method', ['one_euro', 'savgol'])
@@ -173,8 +185,9 @@ def test_smoothing_lowers_acceleration(tiny_pipeline, synthetic_video, tmp_path,
   _predict(tiny_pipeline, tmp_path / 'out', video=str(path), smoothing=method,
            boxes_file=str(tmp_path / 'boxes.csv'))
   npz = np.load(tmp_path / 'out' / 'shaky_poses.npz')
+  assert npz['ids'].tolist() == [0]
   for key in ('joints_2d', 'joints_3d'):
-    raw, smooth = (smoothing.mean_acceleration(npz[k]) for k in (key + '_raw', key))
+    raw, smooth = (smoothing.mean_acceleration(npz[k][0]) for k in (key + '_raw', key))
     assert smooth <= 0.7 * raw, (key, raw, smooth)
 
 
@@ -200,6 +213,15 @@ def _bad_inputs(root, clip, synthetic_video):
                       'outside.csv', 'outside the 256x192 frame'),
       'first box outside': (dict(video=str(short), boxes='-90 -90 -10 -10'),
                             'config.predict.boxes', 'outside the 256x192 frame'),
+      'two files': (dict(video=str(short), boxes_file=str(root / 'two_rows.csv'),
+                         keypoints_file=str(root / 'two_rows.csv')),
+                    'config.predict.keypoints_file', 'expected one of them'),
+      'max_people': (dict(video=str(short), max_people=0), 'config.predict.max_people',
+                     'a positive integer'),
+      'intrinsics': (dict(video=str(short), intrinsics='500 500'), 'config.predict.intrinsics',
+                     "'fx fy cx cy'"),
+      'keypoints': (dict(video=str(short), keypoints_file=str(root / 'two_rows.csv')),
+                    'two_rows.csv', 'not valid JSON'),
   }
 
 
@@ -243,21 +265,7 @@ def test_bad_video_is_one_line_from_run_py(tmp_path):
   assert len(lines) == 1 and 'garbage.mp4' in lines[0] and 'Traceback' not in out.stderr
 
 
-def _demo_workdir():
-  path = pathlib.Path(os.environ.get('DEEPSKELETON_DEMO_WORKDIR', REPO / 'workdir' / 'demo'))
-  needed = ('skeleton_net', 'regressor', 'hourglass')
-  if not all((path / s / 'checkpoints').is_dir() for s in needed):
-    pytest.skip(f'no trained demo workdir at {path} (run `python run.py`, or set '
-                'DEEPSKELETON_DEMO_WORKDIR)')
-  try:
-    checkpointing.check_trained_with(config_lib.finalize(demo.get_config()), str(path),
-                                     'hourglass')
-  except errors.ConfigError as e:
-    pytest.skip(f'the demo workdir at {path} is from an older demo config: {e}')
-  return str(path)
-
-
-def test_tracked_boxes_follow_the_person(synthetic_video, tmp_path):
+def test_tracked_boxes_follow_the_person(demo_workdir, synthetic_video, tmp_path):
   """From the true first box, the tracked boxes overlap the true ones (IoU >= 0.5).
 
   Six 30-frame clips (seeds 0-5, all that were tried): IoU >= 0.5 on most
@@ -269,7 +277,7 @@ def test_tracked_boxes_follow_the_person(synthetic_video, tmp_path):
   Starting without a box (the search) is not asserted: the demo's hourglass
   is no person detector (see the module docstring of predict_video.py).
   """
-  workdir = _demo_workdir()
+  workdir = demo_workdir
   hits = []
   for seed in range(6):
     clip = synthetic_video.render_clip(num_frames=30, seed=seed)
@@ -279,8 +287,8 @@ def test_tracked_boxes_follow_the_person(synthetic_video, tmp_path):
     config.predict.update(video=str(path), output_dir=str(tmp_path / 'out'),
                           boxes=' '.join(f'{v:.1f}' for v in clip.boxes[0]))
     result = predict.predict(config_lib.finalize(config), workdir)
-    ious = np.array([predict_video.iou(a, b)
-                     for a, b in zip(result['track'].boxes, clip.boxes)])
+    ious = np.array([tracking.iou(a, b) if np.all(np.isfinite(a)) else 0.0
+                     for a, b in zip(one_person(result)[0], clip.boxes)])
     print(f'seed {seed}: IoU with the true box per frame: {np.round(ious, 2).tolist()}')
     assert np.mean(ious >= 0.5) > 0.5, (seed, ious)
     hits.append(ious >= 0.5)

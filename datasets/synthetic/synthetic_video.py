@@ -10,6 +10,10 @@ predictor's tracker would give from them (a square of `margin` x the joints'
 extent around their centre), so the predicted boxes and joints can be
 scored. Optional camera shake (`jitter_px`) moves the whole image by a
 random offset per frame, the kind of jitter temporal smoothing removes.
+Each clip also gives its camera's intrinsics and five face points (nose,
+eyes, ears on the rendered head sphere) so that COCO-17 keypoints can be
+written from the truth (`coco17_2d`); `side_by_side` puts clips next to each
+other: a video of several people with their joints and boxes.
 
 Load it with `registry.load_module('synthetic', 'synthetic_video')`.
 """
@@ -23,6 +27,7 @@ import numpy as np
 
 from . import pose_sampler
 from . import synthetic_render
+from deepskeleton_jax.geometry import coco17
 from deepskeleton_jax.geometry import skeleton
 
 J = skeleton.JOINT_INDEX
@@ -36,6 +41,69 @@ class Clip:
   joints_3d: np.ndarray  # [T, 16, 3] mm, camera frame
   boxes: np.ndarray      # [T, 4] x0 y0 x1 y1, square, `margin` x the joints' extent
   fps: float
+  intrinsics: np.ndarray | None = None  # [T, 4] fx fy cx cy, frame pixels (cx, cy shake)
+  face_2d: np.ndarray | None = None     # [T, 5, 2] nose, l_eye, r_eye, l_ear, r_ear
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+  """Clips side by side: one video of P people (P clips of the same length)."""
+  frames: np.ndarray     # [T, H, W, 3] uint8 RGB
+  joints_2d: np.ndarray  # [P, T, 16, 2] frame pixels
+  boxes: np.ndarray      # [P, T, 4]
+  face_2d: np.ndarray    # [P, T, 5, 2]
+  fps: float
+
+
+def face_points(person: pose_sampler.Person, joints: np.ndarray,
+                extras: dict[str, np.ndarray]) -> np.ndarray:
+  """Nose, eyes and ears [5, 3] on the head sphere the renderer draws.
+
+  The head is a sphere of radius r around `head_center`; with `up` from the
+  upper neck to the head top, `forward` the face's direction and `left` =
+  up x forward: ears at the centre +- r left (a little behind), eyes 0.85 r
+  forward, 0.35 r apart from the middle and 0.15 r up, the nose r forward and
+  0.15 r down. A plausible face, independent of `coco17`'s mapping back.
+  """
+  up = joints[J['head_top']] - joints[J['upper_neck']]
+  up /= np.linalg.norm(up)
+  forward = extras['head_forward'] / np.linalg.norm(extras['head_forward'])
+  left = np.cross(up, forward)
+  c, r = extras['head_center'], person.radii['head']
+  return np.stack([c + r * (forward - 0.15 * up),
+                   c + r * (0.85 * forward + 0.35 * left + 0.15 * up),
+                   c + r * (0.85 * forward - 0.35 * left + 0.15 * up),
+                   c + r * (left - 0.1 * forward), c + r * (-left - 0.1 * forward)])
+
+
+def coco17_2d(joints_2d: np.ndarray, face_2d: np.ndarray) -> np.ndarray:
+  """[..., 17, 2] COCO-17 keypoints of the truth: face points, then our limb joints."""
+  out = np.zeros(joints_2d.shape[:-2] + (coco17.NUM_COCO17, 2), np.float32)
+  out[..., :5, :] = face_2d
+  for ours, coco in coco17.DIRECT.items():
+    out[..., coco, :] = joints_2d[..., ours, :]
+  return out
+
+
+def side_by_side(clips: list[Clip]) -> Group:
+  """One video of the clips' frames next to each other (left to right).
+
+  Args:
+    clips: clips of the same length, height and frame rate.
+
+  Returns:
+    A `Group`: each person's joints, face points and boxes shifted by the
+    widths of the clips to its left.
+  """
+  offsets = np.cumsum([0] + [c.frames.shape[2] for c in clips[:-1]]).astype(np.float32)
+  shift = lambda x, dx: x + np.array([dx, 0.0], np.float32)  # pylint: disable=unnecessary-lambda-assignment
+  return Group(
+      frames=np.concatenate([c.frames for c in clips], axis=2),
+      joints_2d=np.stack([shift(c.joints_2d, dx) for c, dx in zip(clips, offsets)]),
+      boxes=np.stack([c.boxes + np.array([dx, 0, dx, 0], np.float32)
+                      for c, dx in zip(clips, offsets)]),
+      face_2d=np.stack([shift(c.face_2d, dx) for c, dx in zip(clips, offsets)]),
+      fps=clips[0].fps)
 
 
 def square_box(joints_2d: np.ndarray, margin: float) -> np.ndarray:
@@ -98,7 +166,7 @@ def render_clip(num_frames: int = 30, height: int = 192, width: int = 256,
   focal = person_height * height * distance / person.height
   speed = 1000.0 * speed_mps / fps  # mm per frame
   travel = speed * (num_frames - 1)
-  frames, joints_2d, joints_3d = [], [], []
+  frames, joints_2d, joints_3d, intrinsics, faces = [], [], [], [], []
   for t in range(num_frames):
     joints, extras = pose_sampler.forward_kinematics(
         person, _walk_angles(base, 2 * np.pi * t / fps, 28.0))
@@ -121,10 +189,15 @@ def render_clip(num_frames: int = 30, height: int = 192, width: int = 256,
     cam_pts = cam.to_camera(joints)
     joints_3d.append(cam_pts)
     joints_2d.append(cam_pts[:, :2] / cam_pts[:, 2:3] * focal + cam.intrinsics[2:])
+    face = cam.to_camera(face_points(person, joints, extras))
+    faces.append(face[:, :2] / face[:, 2:3] * focal + cam.intrinsics[2:])
+    intrinsics.append(cam.intrinsics)
   joints_2d = np.asarray(joints_2d, np.float32)
   return Clip(frames=np.stack(frames), joints_2d=joints_2d,
               joints_3d=np.asarray(joints_3d, np.float32),
-              boxes=square_box(joints_2d, margin), fps=float(fps))
+              boxes=square_box(joints_2d, margin), fps=float(fps),
+              intrinsics=np.asarray(intrinsics, np.float32),
+              face_2d=np.asarray(faces, np.float32))
 
 
 def write_video(path: str, frames: np.ndarray, fps: float) -> None:

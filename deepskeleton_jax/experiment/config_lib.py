@@ -170,7 +170,19 @@ def _mode_groups() -> dict[str, ml_collections.ConfigDict]:
           'output_dir': '',
           # Video (a file OpenCV reads, or a folder of frames); see predict_video.py.
           'video': '',
-          'boxes_file': '',       # per frame 'x0 y0 x1 y1' (CSV or JSON), one row per frame
+          # People per frame: rows 'frame id x0 y0 x1 y1' (CSV) or JSON entries
+          # {"frame", "id", "box"}; or one 'x0 y0 x1 y1' row per frame (id 0).
+          'boxes_file': '',
+          # 2D keypoints of other tools (JSON: COCO-17 "keypoints" or our 16
+          # "joints", per person and frame); they give the boxes and the 2D.
+          'keypoints_file': '',
+          'max_people': 1,        # tracking (no file): people followed at most
+          'max_lost_frames': 25,  # a person unseen for more frames ends its track
+          # Camera of the root's camera-space position: 'fx fy cx cy' (frame
+          # pixels), else a pinhole with this field of view across the longer
+          # frame side, centred.
+          'intrinsics': '',
+          'fov_deg': 60.0,
           'box_margin': 1.25,     # tracking: next box = 2D joints' box x this
           'min_confidence': 0.2,  # mean detection confidence below this: no person
           'batch_size': 8,        # frames per jitted call

@@ -1,13 +1,19 @@
 """3D poses for a user's own images, with figures.
 
-For each image (and optional person box `x0 y0 x1 y1`; otherwise the whole
-image), crops at every hypothesis' crop scale, runs the trained SkeletonMapNet
-and regressors, matches the hypotheses against the hourglass' 2D detections
-(scaled orthographic, weighted by the detection confidences: a user's image
-has no known camera), and writes `<name>.json` (2D joints in image pixels,
-the chosen 3D pose, all hypotheses) and `<name>.png` (input with 2D overlay,
-fg/bg maps, the chosen 3D pose from a novel viewpoint with the other
-hypotheses faded behind it). `predict_video.py` does the same for videos.
+For each image and person (a box `x0 y0 x1 y1` from `config.predict.boxes`,
+else the whole image; or several people per image from `boxes_file` or
+`keypoints_file`, keyed by the image's file name, see `people_io.py`),
+crops at every hypothesis' crop scale, runs the trained SkeletonMapNet and
+regressors, matches the hypotheses against the 2D (the hourglass' detections
+or the keypoints file's; scaled orthographic, weighted by the confidences),
+fits the root's camera-space position (`people.py`), and writes
+`<name>.json` (`"people"`: per person its id, box, 2D joints in image pixels,
+confidences, chosen 3D pose, root in camera space, hypotheses; with one
+person and no file also the one-person fields of before: `box`, `joints_2d`,
+`chosen_hypothesis`, `joints_3d_mm`, `hypotheses_mm`) and a figure per person
+(`<name>.png`, with a file `<name>_<id>.png`: input with 2D overlay, fg/bg
+maps, the chosen 3D pose from a novel viewpoint with the other hypotheses
+faded behind it). `predict_video.py` does the same for videos.
 """
 
 from __future__ import annotations
@@ -21,11 +27,14 @@ from typing import Any
 
 from absl import logging
 import ml_collections
+import numpy as np
 
 from deepskeleton_jax import errors
 from deepskeleton_jax import files
 from deepskeleton_jax.data import image_ops
 from deepskeleton_jax.geometry import skeleton
+from deepskeleton_jax.inference import people as people_lib
+from deepskeleton_jax.inference import people_io
 from deepskeleton_jax.inference import predict_video
 from deepskeleton_jax.inference import predictor as predictor_lib
 from deepskeleton_jax.inference import video_io
@@ -103,31 +112,66 @@ def predict(config: ml_collections.ConfigDict, workdir: str) -> Any:
     raise errors.ConfigError('config.predict.images is empty: pass '
                              '--config.predict.images=a.jpg,b.jpg (or '
                              '--config.predict.video=clip.mp4)')
+  cfg = config.predict
+  predict_video.check_config(cfg)
+  from_file = bool(cfg.boxes_file or cfg.keypoints_file)
+  if from_file and str(cfg.boxes).strip():
+    raise errors.ConfigError('config.predict.boxes and a boxes or keypoints file are both '
+                             'set: expected one of them')
   names = output_names(paths)
   images = [image_ops.read_image(p) for p in paths]  # every file is checked first
-  boxes = _checked_boxes(config.predict.boxes, paths, images)
-  predictor = predictor_lib.Predictor(config, workdir)
-  out_dir = config.predict.output_dir or os.path.join(workdir, 'predict')
+  boxes = _checked_boxes(cfg.boxes, paths, images)
+  given = predict_video.read_given(cfg, people_io.Index([i.shape[:2] for i in images], paths))
+  if given is None:  # one person per image: its box, or the whole image
+    given = [[people_io.GivenPerson(0, np.array([0, 0, i.shape[1], i.shape[0]], np.float32)
+                                    if b is None else b)] for i, b in zip(images, boxes)]
+  predictor = predictor_lib.Predictor(config, workdir, with_hourglass=not cfg.keypoints_file)
+  out_dir = cfg.output_dir or os.path.join(workdir, 'predict')
   os.makedirs(out_dir, exist_ok=True)
-  source = 'hourglass' if 'hourglass' in predictor.loaded else 'projection of the base hypothesis'
+  source = ('keypoints_file' if cfg.keypoints_file else 'hourglass'
+            if 'hourglass' in predictor.loaded else 'projection of the base hypothesis')
   records = []
-  for path, name, image, box in zip(paths, names, images, boxes):
-    out = predictor(predictor_lib.make_batch([image], [box], predictor.crop_scales,
-                                             predictor.lay.input_size))
-    chosen, hyps = int(out['chosen'][0]), out['hyps'][0]
-    record = {'image': path, 'box': None if box is None else box.tolist(),
-              'joints_2d': predictor_lib.json_array(out['joints_2d'][0]),
-              'joints_2d_source': source,
-              'joint_names': list(skeleton.JOINT_NAMES), 'chosen_hypothesis': chosen,
-              'joints_3d_mm': predictor_lib.json_array(hyps[chosen]),
-              'hypotheses_mm': [predictor_lib.json_array(h) for h in hyps],
-              'hypotheses_config': [list(h) for h in predictor.lay.hypotheses]}
+  for path, name, image, persons, box in zip(paths, names, images, given, boxes):
+    camera = people_lib.intrinsics(cfg, *image.shape[:2])
+    found, maps = _image_people(predictor, image, persons, camera, bool(cfg.keypoints_file))
+    record = {'image': path, 'joints_2d_source': source,
+              'joint_names': list(skeleton.JOINT_NAMES),
+              'hypotheses_config': [list(h) for h in predictor.lay.hypotheses],
+              'intrinsics': [round(float(v), 3) for v in camera],
+              'people': [people_lib.record(f.id, f.box, f.joints_2d, f.confidence, f.pose,
+                                           f.root_camera_mm, f.chosen, f.hyps) for f in found]}
+    if not from_file:  # the one-person fields of before
+      f = found[0]
+      record.update(box=None if box is None else f.box.tolist(),
+                    joints_2d=predictor_lib.json_array(f.joints_2d), chosen_hypothesis=f.chosen,
+                    joints_3d_mm=predictor_lib.json_array(f.pose),
+                    hypotheses_mm=[predictor_lib.json_array(h) for h in f.hyps])
     files.write_text(os.path.join(out_dir, f'{name}.json'),
                      json.dumps(record, indent=1, allow_nan=False))
-    maps = out['maps'][0, chosen]
-    figures.prediction_figure(os.path.join(out_dir, f'{name}.png'), image, out['joints_2d'][0],
-                              maps[..., :3], maps[..., 3:], hyps, chosen,
-                              title=f'{name}: hypothesis {chosen} chosen')
-    logging.info('predict: %s -> %s/%s.{json,png}', path, out_dir, name)
+    for f, person_maps in zip(found, maps):
+      figure = f'{name}.png' if not from_file else f'{name}_{f.id}.png'
+      figures.prediction_figure(os.path.join(out_dir, figure), image, f.joints_2d,
+                                person_maps[f.chosen, ..., :3], person_maps[f.chosen, ..., 3:],
+                                f.hyps, f.chosen, title=f'{name}: hypothesis {f.chosen} chosen')
+    logging.info('predict: %s -> %s/%s.{json,png} (%d people)', path, out_dir, name, len(found))
     records.append(record)
   return records
+
+
+def _image_people(predictor: predictor_lib.Predictor, image: np.ndarray,
+                  persons: list[people_io.GivenPerson], camera: np.ndarray,
+                  reselect: bool) -> tuple[list[people_lib.Found], list[np.ndarray]]:
+  """The people of one image (all kept: no confidence threshold) and their maps."""
+  if not persons:
+    return [], []
+  out = predictor(predictor_lib.make_batch([image] * len(persons), [p.box for p in persons],
+                                           predictor.crop_scales, predictor.lay.input_size))
+  found = []
+  for k, p in enumerate(persons):
+    given = p.joints_2d is not None
+    found.append(people_lib.Found(
+        id=p.id, box=p.box, joints_2d=p.joints_2d if given else out['joints_2d'][k],
+        confidence=p.scores if given else out['confidence'][k], hyps=out['hyps'][k],
+        chosen=int(out['chosen'][k]), pose=out['pose'][k]))
+  people_lib.finish(found, camera, reselect)
+  return found, list(out['maps'])

@@ -95,7 +95,7 @@ class Predictor:
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str,
-               with_maps: bool = True):
+               with_maps: bool = True, with_hourglass: bool = True):
     """Loads the trained stages.
 
     Args:
@@ -103,11 +103,14 @@ class Predictor:
       workdir: the experiment directory (skeleton_net and regressor
         checkpoints required, hourglass optional).
       with_maps: also return the skeleton maps (a video needs none).
+      with_hourglass: load the hourglass when there is one (off when the 2D
+        comes from a keypoints file: then the base hypothesis is `chosen`
+        and the caller matches against its own 2D).
     """
     self.loaded = pipeline.load_stages(
-        config, workdir, ('skeleton_net', 'regressor', 'hourglass'),
+        config, workdir, ('skeleton_net', 'regressor') + (('hourglass',) if with_hourglass else ()),
         required=('skeleton_net', 'regressor'))
-    if 'hourglass' not in self.loaded:
+    if with_hourglass and 'hourglass' not in self.loaded:
       logging.warning('no hourglass checkpoint: the base hypothesis is used and its 2D '
                       'comes from its own projection')
     self.variables = {k: v['variables'] for k, v in self.loaded.items()}

@@ -1,18 +1,16 @@
-"""Reading a user's video (a file or a folder of frames) and per-frame box files.
+"""Reading a user's video (a file or a folder of frames) and checking person boxes.
 
-Everything that can be wrong with the inputs is found here, before any
+Everything that can be wrong with the video is found here, before any
 network runs or any output file is created, and raised as one clear
-`errors.InputError` (a file) or `errors.ConfigError` (a config value) naming
-the file or field and what was expected: a file OpenCV cannot open, a video
-or folder without frames, frames of differing sizes, a boxes file whose
-rows do not match the frames or whose boxes lie outside the frame.
+`errors.InputError` naming the file and what was expected: a file OpenCV
+cannot open, a video or folder without frames, frames of differing sizes.
+Boxes and keypoints files are read by `people_io.py`.
 
 Boxes are `x0 y0 x1 y1` in frame pixels (continuous convention, docs/DESIGN.md).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Iterator
@@ -25,7 +23,6 @@ from deepskeleton_jax import errors
 from deepskeleton_jax.data import image_ops
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
-_NONE_WORDS = ('none', 'null', 'nan', '-')
 
 
 class FrameSource:
@@ -146,93 +143,3 @@ def check_box(box: np.ndarray, height: int, width: int, what: str = 'frame') -> 
     return (f'it lies outside the {width}x{height} {what}; expected a box in {what} pixels '
             f'whose centre is inside the {what}')
   return None
-
-
-def _parse_row(values: list, where: str) -> np.ndarray:
-  """One box row: 4 numbers, or a 'none' marker (all NaN: no person there)."""
-  if values is None or (len(values) in (0, 1) and (
-      not values or str(values[0]).strip().lower() in _NONE_WORDS)):
-    return np.full(4, np.nan, np.float32)
-  try:
-    row = np.array([float(v) for v in values], np.float32)
-  except (TypeError, ValueError):
-    row = np.zeros(0)
-  if row.shape != (4,):
-    raise errors.InputError(f"{where}: {values!r} is not a box; expected 'x0 y0 x1 y1' "
-                            "(4 numbers in frame pixels) or 'none'")
-  return row
-
-
-def _json_rows(path: str, text: str) -> list:
-  try:
-    data = json.loads(text)
-  except json.JSONDecodeError as e:
-    raise errors.InputError(f'{path}: not valid JSON ({e})') from None
-  if isinstance(data, dict):
-    if 'boxes' in data:
-      data = data['boxes']
-    elif 'frames' in data:  # the video predictor's own JSON
-      data = [f.get('box') if isinstance(f, dict) else f for f in data['frames']]
-  if not isinstance(data, list):
-    raise errors.InputError(f'{path}: expected a JSON list of [x0, y0, x1, y1] rows (or '
-                            'null), one per frame, or {"boxes": [...]}')
-  return [[] if r is None else (r if isinstance(r, list) else [r]) for r in data]
-
-
-def _csv_rows(text: str) -> list[tuple[int, list[str]]]:
-  rows = []
-  for number, line in enumerate(text.splitlines(), start=1):
-    line = line.split('#')[0].strip()
-    if line:
-      rows.append((number, line.replace(',', ' ').replace(';', ' ').split()))
-  if rows:  # a header line ('x0,y0,x1,y1') is skipped
-    try:
-      [float(v) for v in rows[0][1] if v.lower() not in _NONE_WORDS]
-    except ValueError:
-      rows = rows[1:]
-  return rows
-
-
-def read_boxes_file(path: str, num_frames: int, height: int, width: int,
-                    video: str) -> np.ndarray:
-  """Reads one person box per frame from a CSV or JSON file.
-
-  CSV (or any text): one row per frame, `x0 y0 x1 y1` separated by commas or
-  spaces, optional header line, `#` comments; `none` for a frame without a
-  person. JSON: a list of `[x0, y0, x1, y1]` or `null`, or `{"boxes": [...]}`,
-  or the `frames` of the video predictor's own JSON output.
-
-  Args:
-    path: the file.
-    num_frames: frames of the video (one row each).
-    height, width: frame size (boxes are checked against it).
-    video: the video's path, for the messages.
-
-  Returns:
-    [num_frames, 4] float32 boxes, NaN rows where there is no person.
-
-  Raises:
-    errors.InputError: unreadable file, wrong row count, bad or outside box.
-  """
-  try:
-    with open(path, encoding='utf-8') as f:
-      text = f.read()
-  except (OSError, UnicodeDecodeError) as e:
-    raise errors.InputError(f'{path}: cannot read the boxes file ({e})') from None
-  if path.lower().endswith('.json') or text.lstrip()[:1] in ('[', '{'):
-    rows = [(i + 1, r) for i, r in enumerate(_json_rows(path, text))]
-    what = 'entry'
-  else:
-    rows, what = _csv_rows(text), 'line'
-  if len(rows) != num_frames:
-    raise errors.InputError(
-        f'{path}: {len(rows)} boxes for the {num_frames} frames of {video}; expected one '
-        "row 'x0 y0 x1 y1' (or 'none') per frame")
-  boxes = np.stack([_parse_row(r, f'{path}: {what} {n}') for n, r in rows])
-  for (n, _), box in zip(rows, boxes):
-    if np.all(np.isnan(box)):
-      continue
-    problem = check_box(box, height, width)
-    if problem:
-      raise errors.InputError(f'{path}: {what} {n}: box {box.tolist()}: {problem}')
-  return boxes
