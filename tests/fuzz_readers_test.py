@@ -43,6 +43,7 @@ from deepskeleton_jax import errors
 from deepskeleton_jax.data import image_ops
 from deepskeleton_jax.data import registry
 from deepskeleton_jax.evaluation import detections
+from deepskeleton_jax.inference import people_io
 from deepskeleton_jax.inference import video_io
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -344,30 +345,56 @@ _FRAMES, _HEIGHT, _WIDTH = 5, 48, 64
 
 
 def _make_boxes(suffix):
+  """A boxes file with ids (`frame id x0 y0 x1 y1`): two people, one missing in frame 1."""
   def make(folder):
-    rows = [[4, 4, 30, 40], None, [10, 2, 50, 46], [0, 0, 64, 48], [20, 10, 40, 30]]
+    rows = [(f, i, [4 + i * 20, 4, 24 + i * 20, 40]) for f in range(_FRAMES) for i in (0, 1)
+            if (f, i) != (1, 1)]
     path = folder / f'boxes{suffix}'
     if suffix == '.json':
-      path.write_text(json.dumps(rows))
+      path.write_text(json.dumps([{'frame': f, 'id': i, 'box': b} for f, i, b in rows]))
     else:
-      path.write_text('x0,y0,x1,y1\n' + '\n'.join(
-          'none' if r is None else ','.join(map(str, r)) for r in rows) + '\n')
+      path.write_text('\n'.join(' '.join(map(str, [f, i, *b])) for f, i, b in rows) + '\n')
     return path
   return make
 
 
 def _read_boxes(path):
-  return video_io.read_boxes_file(str(path), _FRAMES, _HEIGHT, _WIDTH, 'clip.mp4')
+  return people_io.read_boxes_file(str(path), people_io.Index([(_HEIGHT, _WIDTH)] * _FRAMES))
 
 
-def _check_boxes(boxes):
-  assert boxes.shape == (_FRAMES, 4) and boxes.dtype == np.float32
+def _check_boxes(frames):
+  assert len(frames) == _FRAMES
+  for people in frames:
+    for person in people:
+      assert person.box.shape == (4,) and np.all(np.isfinite(person.box))
+
+
+def _make_keypoints(folder):
+  rng = np.random.default_rng(0)
+  entries = [{'frame': f, 'track_id': 3, 'keypoints': np.concatenate(
+      [rng.uniform(10, 40, (17, 2)), np.full((17, 1), 0.9)], 1).round(2).ravel().tolist()}
+             for f in range(_FRAMES)]
+  path = folder / 'keypoints.json'
+  path.write_text(json.dumps(entries))
+  return path
+
+
+def _read_keypoints(path):
+  return people_io.read_keypoints_file(str(path), people_io.Index([(_HEIGHT, _WIDTH)] * _FRAMES),
+                                       0.15, 30)
+
+
+def _check_keypoints(frames):
+  assert len(frames) == _FRAMES
+  for people in frames:
+    for person in people:
+      assert person.joints_2d.shape == (16, 2) and person.scores.shape == (16,)
 
 
 def _wrong_boxes(folder):
-  texts = {'three.csv': '1 2 3\n' * _FRAMES, 'five.csv': '1 2 3 4 5\n' * _FRAMES,
+  texts = {'three.csv': '1 2 3\n' * _FRAMES, 'five.csv': '0 1 2 3 4\n' * _FRAMES + '0 1\n',
            'nested.json': json.dumps([[[1, 2, 3, 4]]] * _FRAMES),
-           'rows.csv': '1 2 30 40\n' * (_FRAMES + 1)}
+           'late.csv': f'{_FRAMES} 0 1 2 30 40\n'}
   for name, text in texts.items():
     (folder / name).write_text(text)
   return [folder / n for n in texts]
@@ -424,6 +451,7 @@ READERS = [
     Reader('detections_mat', _read_detections, _make_detections('.mat'), _check_detections),
     Reader('boxes_csv', _read_boxes, _make_boxes('.csv'), _check_boxes, _wrong_boxes),
     Reader('boxes_json', _read_boxes, _make_boxes('.json'), _check_boxes),
+    Reader('keypoints_json', _read_keypoints, _make_keypoints, _check_keypoints),
     # examples/serve_exported.py imports nothing of this package: a ValueError.
     # A damaged artifact can abort the process (MLIR): fuzzed in a child process.
     Reader('model_jax', _read_model, _make_model, _check_model, refusals=(ValueError,),

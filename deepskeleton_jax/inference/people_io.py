@@ -126,6 +126,13 @@ def _numbers(values: Any, n: int, where: str, expected: str) -> np.ndarray:
   return row
 
 
+def _box(values: Any, where: str, expected: str) -> np.ndarray:
+  """A box: 4 numbers, never a nested list (that is not silently flattened)."""
+  if isinstance(values, (list, tuple)) and any(isinstance(v, (list, tuple, dict)) for v in values):
+    raise errors.InputError(f'{where}: {values!r}: expected {expected}')
+  return _numbers(values, 4, where, expected)
+
+
 def _person_id(value: Any, where: str) -> int:
   if isinstance(value, str) and value.strip().lstrip('-').isdigit():
     value = int(value)
@@ -176,7 +183,7 @@ def _one_per_frame(path: str, rows: list, index: Index, what: str) -> list[list[
     if values is None or (len(values) in (0, 1) and (
         not values or str(values[0]).strip().lower() in _NONE_WORDS)):
       continue
-    box = _numbers(values, 4, where, "'x0 y0 x1 y1' (4 numbers in frame pixels) or 'none'")
+    box = _box(values, where, "'x0 y0 x1 y1' (4 numbers in frame pixels) or 'none'")
     index.check_box(i, box, where)
     people[i].append(GivenPerson(0, box))
   return people
@@ -192,7 +199,7 @@ def _box_entries(path: str, entries: list, index: Index) -> list[list[GivenPerso
       raise errors.InputError(f'{where}: {str(e)[:80]}: expected {{"{key}": ..., "id": ..., '
                               '"box": [x0, y0, x1, y1]}')
     i = index.frame(e[key], where)
-    box = _numbers(e['box'], 4, where, '[x0, y0, x1, y1] in frame pixels')
+    box = _box(e['box'], where, '[x0, y0, x1, y1] in frame pixels')
     index.check_box(i, box, where)
     _add(people, i, GivenPerson(_person_id(e['id'], where), box), where)
   return people
@@ -242,7 +249,7 @@ def read_boxes_file(path: str, index: Index) -> list[list[GivenPerson]]:
       raise errors.InputError(f'{where}: {" ".join(values)!r}: expected 6 values '
                               f"'{'frame' if index.images is None else 'image'} id x0 y0 x1 y1'")
     i = index.frame(values[0], where)
-    box = _numbers(values[2:], 4, where, 'x0 y0 x1 y1 in frame pixels')
+    box = _box(values[2:], where, 'x0 y0 x1 y1 in frame pixels')
     index.check_box(i, box, where)
     _add(people, i, GivenPerson(_person_id(values[1], where), box), where)
   return people
