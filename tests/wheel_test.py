@@ -25,19 +25,22 @@ pytestmark = pytest.mark.slow
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BUILDERS = ['bvh_mocap', 'human36m', 'mpii', 'synthetic']
-# The checkout's redirects to configs/ and datasets/; the wheel holds the folders' files there.
-CHECKOUT_SHIMS = ('deepskeleton_jax/configs/__init__.py', 'deepskeleton_jax/datasets/__init__.py')
+# The checkout's redirects to benchmarks/, configs/ and datasets/; the wheel holds the
+# folders' files there.
+CHECKOUT_SHIMS = ('deepskeleton_jax/benchmarks/__init__.py', 'deepskeleton_jax/configs/__init__.py',
+                  'deepskeleton_jax/datasets/__init__.py')
 # Build products and local state that are not sources.
 _NOT_SOURCES = shutil.ignore_patterns('.git', 'build', 'dist', '*.egg-info', '__pycache__',
                                       '.pytest_cache', 'workdir', 'tensorflow_datasets')
 
 
 def expected_modules() -> set[str]:
-  """The wheel paths of every module: the package's, configs/*.py and datasets/*/*.py."""
+  """The wheel paths of every module: the package's, benchmarks/, configs/ and datasets/*/."""
   modules = {str(p.relative_to(REPO)) for p in (REPO / 'deepskeleton_jax').rglob('*.py')
              if '__pycache__' not in p.parts}
   modules -= set(CHECKOUT_SHIMS)
   modules |= {f'deepskeleton_jax/configs/{p.name}' for p in (REPO / 'configs').glob('*.py')}
+  modules |= {f'deepskeleton_jax/benchmarks/{p.name}' for p in (REPO / 'benchmarks').glob('*.py')}
   modules |= {f'deepskeleton_jax/datasets/{p.parent.name}/{p.name}'
               for p in (REPO / 'datasets').glob('*/*.py')}
   return modules
