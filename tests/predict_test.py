@@ -26,8 +26,8 @@ class _FakePredictor:
 
   nan = False
 
-  def __init__(self, config, workdir, with_maps=True):
-    del workdir, with_maps
+  def __init__(self, config, workdir, with_maps=True, with_hourglass=True):
+    del workdir, with_maps, with_hourglass
     self.loaded = {'skeleton_net': {}, 'regressor': {}}
     self.lay = stages_lib.layout(config)
     self.crop_scales = tuple(config.data.crop_scales)
@@ -38,8 +38,9 @@ class _FakePredictor:
     hyps = grey + np.arange(num_hyps, dtype=np.float32)[:, None, None] + np.zeros((K, 3))
     if self.nan:
       hyps[1:] = np.nan
-    return {'chosen': np.array([0]), 'hyps': hyps[None],
+    return {'chosen': np.array([0]), 'hyps': hyps[None], 'pose': hyps[None, 0],
             'joints_2d': np.full((1, K, 2), np.nan if self.nan else 5.0, np.float32),
+            'confidence': np.ones((1, K), np.float32),
             'maps': np.zeros((1, num_hyps, size, size, 6), np.float32)}
 
 

@@ -293,3 +293,27 @@ def test_tracked_boxes_follow_the_person(demo_workdir, synthetic_video, tmp_path
     assert np.mean(ious >= 0.5) > 0.5, (seed, ious)
     hits.append(ious >= 0.5)
   assert np.mean(hits) >= 0.8, np.mean(hits, axis=1)
+
+
+def test_bvh_of_each_person_follows_the_predicted_bones(tiny_pipeline, clip_file, tmp_path):
+  """--config.predict.bvh=True: <name>_<id>.bvh per person; its bones point where the poses do."""
+  from deepskeleton_jax.data import registry  # pylint: disable=g-import-not-at-top
+  from deepskeleton_jax.inference import bvh_writer  # pylint: disable=g-import-not-at-top
+  bvh_lib = registry.load_module('bvh_mocap', 'bvh')
+  result = _predict(tiny_pipeline, tmp_path, video=str(clip_file), bvh=True)
+  (pid, person), = result['people'].items()
+  path = tmp_path / f'walk_{pid}.bvh'
+  assert result['paths'][f'bvh_{pid}'] == str(path)
+  motion = bvh_lib.load(path)
+  assert motion.num_frames == result['num_frames']
+  assert abs(motion.frame_time - 1.0 / result['fps']) < 1e-6
+  fk = bvh_lib.forward_kinematics(motion)
+  names = list(motion.names)
+  poses = bvh_writer.hold_gaps(person.joints_3d, person.present) @ bvh_writer.CAMERA_TO_WORLD.T
+  for p, c, _ in bvh_writer.TREE_BONES:
+    if bvh_writer.BVH_NAMES[c] not in names:  # an end site: the one child of its parent's node
+      continue
+    got = fk[:, names.index(bvh_writer.BVH_NAMES[c])] - fk[:, names.index(bvh_writer.BVH_NAMES[p])]
+    want = poses[:, c] - poses[:, p]
+    cos = np.sum(got * want, -1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(want, axis=-1))
+    assert np.degrees(np.arccos(np.clip(cos, -1, 1))).max() < 0.5, (p, c)

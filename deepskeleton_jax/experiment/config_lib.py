@@ -151,6 +151,54 @@ def _stage_groups() -> dict[str, ml_collections.ConfigDict]:
   }
 
 
+def _predict_group() -> ml_collections.ConfigDict:
+  """Settings of `--mode=predict`: images, video, several people, outputs."""
+  return ml_collections.ConfigDict({
+      'images': '',   # comma-separated image paths
+      'boxes': '',    # optional 'x0 y0 x1 y1' per image (or the video's first frame), ';'-separated
+      'output_dir': '',
+      # Video (a file OpenCV reads, or a folder of frames); see predict_video.py.
+      'video': '',
+      # People per frame: rows 'frame id x0 y0 x1 y1' (CSV) or JSON entries
+      # {"frame", "id", "box"}; or one 'x0 y0 x1 y1' row per frame (id 0).
+      'boxes_file': '',
+      # 2D keypoints of other tools (JSON: COCO-17 "keypoints" or our 16
+      # "joints", per person and frame); they give the boxes and the 2D.
+      'keypoints_file': '',
+      'max_people': 1,        # tracking (no file): people followed at most
+      # Also write each tracked person's motion as <name>_<id>.bvh (video only;
+      # inference/bvh_writer.py: Y up, ZXY rotation channels, helpers per bone).
+      'bvh': False,
+      'max_lost_frames': 25,  # a person unseen for more frames ends its track
+      # Camera of the root's camera-space position: 'fx fy cx cy' (frame
+      # pixels), else a pinhole with this field of view across the longer
+      # frame side, centred.
+      'intrinsics': '',
+      'fov_deg': 60.0,
+      'box_margin': 1.25,     # tracking: next box = 2D joints' box x this
+      'min_confidence': 0.2,  # mean detection confidence below this: no person
+      'batch_size': 8,        # frames per jitted call
+      'fps': 25.0,            # frame rate of a folder of frames (or a video that gives none)
+      # Tracking runs batches of frames that share the first frame's box; a
+      # frame is kept while the box tracked from its previous frame overlaps
+      # that box by at least this IoU, else the rest is rerun (1.0: one frame
+      # at a time). See predict_video.py.
+      'track_min_iou': 0.8,
+      # Tracking's start and restarts (no config.predict.boxes, or the person
+      # lost): the most confident of the whole frame and square windows of
+      # these sides (fractions of the frame's shorter side, half-overlapping)
+      # gives the box. () = the whole frame itself.
+      'search_scales': (1.0, 0.7, 0.5),
+      'smoothing': 'one_euro',  # 'one_euro', 'savgol' or 'none'
+      # One-Euro: cutoff (Hz) = min_cutoff + beta x speed, the speed in person
+      # sizes per second (see smoothing.py; beta 1.0 measured best on the demo).
+      'one_euro_min_cutoff': 1.0,
+      'one_euro_beta': 1.0,
+      'savgol_window': 9,
+      'savgol_order': 2,
+  })
+
+
 def _mode_groups() -> dict[str, ml_collections.ConfigDict]:
   """Settings of the eval, predict, benchmark modes and of the device layout."""
   return {
@@ -164,47 +212,7 @@ def _mode_groups() -> dict[str, ml_collections.ConfigDict]:
           'max_examples': 0,          # 0: the whole split
           'num_figures': 4,
       }),
-      'predict': ml_collections.ConfigDict({
-          'images': '',   # comma-separated image paths
-          'boxes': '',    # optional 'x0 y0 x1 y1' per image (or the video's first frame), ';'-separated
-          'output_dir': '',
-          # Video (a file OpenCV reads, or a folder of frames); see predict_video.py.
-          'video': '',
-          # People per frame: rows 'frame id x0 y0 x1 y1' (CSV) or JSON entries
-          # {"frame", "id", "box"}; or one 'x0 y0 x1 y1' row per frame (id 0).
-          'boxes_file': '',
-          # 2D keypoints of other tools (JSON: COCO-17 "keypoints" or our 16
-          # "joints", per person and frame); they give the boxes and the 2D.
-          'keypoints_file': '',
-          'max_people': 1,        # tracking (no file): people followed at most
-          'max_lost_frames': 25,  # a person unseen for more frames ends its track
-          # Camera of the root's camera-space position: 'fx fy cx cy' (frame
-          # pixels), else a pinhole with this field of view across the longer
-          # frame side, centred.
-          'intrinsics': '',
-          'fov_deg': 60.0,
-          'box_margin': 1.25,     # tracking: next box = 2D joints' box x this
-          'min_confidence': 0.2,  # mean detection confidence below this: no person
-          'batch_size': 8,        # frames per jitted call
-          'fps': 25.0,            # frame rate of a folder of frames (or a video that gives none)
-          # Tracking runs batches of frames that share the first frame's box; a
-          # frame is kept while the box tracked from its previous frame overlaps
-          # that box by at least this IoU, else the rest is rerun (1.0: one frame
-          # at a time). See predict_video.py.
-          'track_min_iou': 0.8,
-          # Tracking's start and restarts (no config.predict.boxes, or the person
-          # lost): the most confident of the whole frame and square windows of
-          # these sides (fractions of the frame's shorter side, half-overlapping)
-          # gives the box. () = the whole frame itself.
-          'search_scales': (1.0, 0.7, 0.5),
-          'smoothing': 'one_euro',  # 'one_euro', 'savgol' or 'none'
-          # One-Euro: cutoff (Hz) = min_cutoff + beta x speed, the speed in person
-          # sizes per second (see smoothing.py; beta 1.0 measured best on the demo).
-          'one_euro_min_cutoff': 1.0,
-          'one_euro_beta': 1.0,
-          'savgol_window': 9,
-          'savgol_order': 2,
-      }),
+      'predict': _predict_group(),
       'export': ml_collections.ConfigDict({
           # 'jax' (model.jax, jax.export) or 'onnx' (model.onnx, ONNX Runtime;
           # needs the optional onnx package: requirements-onnx.txt).

@@ -226,6 +226,21 @@ def write_bvh(path: str | os.PathLike, poses_mm: np.ndarray, fps: float,
   files.write_text(str(path), bvh_text(poses_mm, fps, root_camera_mm))
 
 
+def hold_gaps(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+  """Frames where `valid` is False take the nearest earlier valid frame (the first one before it).
+
+  Args:
+    values: [T, ...] per-frame values.
+    valid: [T] bool, at least one True.
+
+  Returns:
+    [T, ...] with every frame valid (a person unseen for a while holds its pose).
+  """
+  t = np.arange(len(valid))
+  last = np.maximum.accumulate(np.where(valid, t, -1))
+  return values[np.where(last >= 0, last, np.argmax(valid))]
+
+
 def joint_names() -> Sequence[str]:
   """Names of the BVH joints in file order (helpers included)."""
   return [n[0] for n in _nodes()]

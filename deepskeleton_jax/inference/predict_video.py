@@ -67,6 +67,7 @@ from deepskeleton_jax import errors
 from deepskeleton_jax import files
 from deepskeleton_jax.experiment import metric_writer
 from deepskeleton_jax.geometry import skeleton
+from deepskeleton_jax.inference import bvh_writer
 from deepskeleton_jax.inference import people as people_lib
 from deepskeleton_jax.inference import people_io
 from deepskeleton_jax.inference import predictor as predict_lib
@@ -222,6 +223,30 @@ def write_outputs(out_dir: str, name: str, source: video_io.FrameSource,
   return paths
 
 
+def write_bvh_files(out_dir: str, name: str, people: dict[int, people_lib.PersonTrack],
+                    fps: float) -> dict[str, str]:
+  """Writes `<name>_<id>.bvh` per person seen (`config.predict.bvh`).
+
+  One BVH frame per video frame, from the smoothed 3D poses; frames where the
+  person is unseen hold the nearest earlier pose (`bvh_writer.hold_gaps`). The
+  root moves along `root_camera_mm` where that is known on some frame, else it
+  stays fixed.
+
+  Returns:
+    {'bvh_<id>': path} per person written.
+  """
+  paths = {}
+  for pid, person in people.items():
+    if not person.present.any():
+      continue
+    poses = bvh_writer.hold_gaps(person.joints_3d, person.present)
+    known = person.present & np.all(np.isfinite(person.root_camera_mm), axis=-1)
+    root = bvh_writer.hold_gaps(person.root_camera_mm, known) if known.any() else None
+    paths[f'bvh_{pid}'] = os.path.join(out_dir, f'{name}_{pid}.bvh')
+    bvh_writer.write_bvh(paths[f'bvh_{pid}'], poses, fps, root)
+  return paths
+
+
 def check_config(cfg: Any) -> None:
   """Validates `config.predict`'s video and people fields (one `ConfigError`)."""
   checks = (('batch_size', cfg.batch_size >= 1, 'a positive integer'),
@@ -321,6 +346,8 @@ def predict_video(config, workdir: str) -> dict[str, Any]:
                '[i, i+1)); pose_3d, hypotheses: mm, camera axes, root-relative (thorax); '
                'root_camera_mm: the root in the camera frame, mm; confidence: per joint'}
   paths = write_outputs(out_dir, name, source, people, predictor.lay.num_hyps, meta)
+  if cfg.bvh:
+    paths.update(write_bvh_files(out_dir, name, people, source.fps))
   logging.info('video %s: %d people (ids %s) -> %s', source.path, len(people),
                list(people), ', '.join(paths.values()))
   return {'paths': paths, 'people': people, 'fps': source.fps, 'num_frames': source.num_frames,
