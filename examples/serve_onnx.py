@@ -28,6 +28,10 @@ def load(export_dir, threads=0):
   Args:
     export_dir: the folder with model.onnx and model.json.
     threads: ONNX Runtime's intra-op threads (0: its default, one per core).
+
+  Returns:
+    The function (uint8 crops [b, C, S, S, 3] -> {output name: array}) and
+    model.json.
   """
   with open(os.path.join(export_dir, 'model.json')) as f:
     spec = json.load(f)

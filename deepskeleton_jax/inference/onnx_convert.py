@@ -6,8 +6,8 @@ primitive as ONNX operators with the `onnx` package's helpers (opset
 `OPSET`); the closed-over constants (the trained variables) become
 initializers. Only lax primitives reach it, so nothing depends on how Flax
 or jnp spelled the model. `PRIMITIVES` lists what it converts: the
-elementwise, shape and reduction primitives here, convolutions, pooling,
-gathers and dot products in `onnx_ops.py`. Anything else raises
+elementwise and shape primitives here, convolutions, pooling, gathers, dot
+products, padding and reductions in `onnx_ops.py`. Anything else raises
 `UnsupportedError` naming the primitive.
 
 Symbolic dimensions (the batch `b` of `jax.export.symbolic_shape`) become
@@ -42,6 +42,7 @@ class UnsupportedError(ValueError):
 
 
 def unsupported(eqn, why: str) -> UnsupportedError:
+  """The error for equation `eqn` (named by its primitive) and the reason."""
   return UnsupportedError(f'{eqn.primitive.name}: {why}')
 
 
@@ -131,6 +132,7 @@ class Builder:
 
 
 def onnx_dtype(dtype: Any) -> int:
+  """ONNX's element type code of a numpy/jax dtype."""
   return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
 
 
@@ -294,22 +296,6 @@ def _split(b: Builder, eqn, ins):
   return outs if len(sizes) > 1 else [outs]
 
 
-def _pad(b: Builder, eqn, ins):
-  config = eqn.params['padding_config']
-  if any(not is_int(i, 0) for _, _, i in config):
-    raise unsupported(eqn, 'interior padding')
-  x = ins[0]
-  crop = [(axis, lo, hi) for axis, (lo, hi, _) in enumerate(config) if lo < 0 or hi < 0]
-  if crop:
-    x = b.op('Slice', [x, b.ints([max(0, -lo) for _, lo, _ in crop]),
-                       b.ints([hi if hi < 0 else np.iinfo(np.int64).max for _, _, hi in crop]),
-                       b.ints([a for a, _, _ in crop])])
-  pads = [max(0, lo) for lo, _, _ in config] + [max(0, hi) for _, hi, _ in config]
-  if any(pads):
-    x = b.op('Pad', [x, b.ints(pads), ins[1]], mode='constant')
-  return [x]
-
-
 def _iota(b: Builder, eqn, ins):
   del ins
   p = eqn.params
@@ -336,35 +322,6 @@ def _identity_all(b: Builder, eqn, ins):
   return list(ins)  # optimization_barrier: the values themselves
 
 
-# ----------------------------------------------------------------------------
-# Reductions.
-
-_REDUCE = {'reduce_sum': 'ReduceSum', 'reduce_max': 'ReduceMax', 'reduce_min': 'ReduceMin',
-           'reduce_prod': 'ReduceProd', 'reduce_and': 'ReduceMin', 'reduce_or': 'ReduceMax'}
-
-
-def _reduce(b: Builder, eqn, ins):
-  op = _REDUCE[eqn.primitive.name]
-  x = ins[0]
-  boolean = np.dtype(_aval(eqn.invars[0]).dtype) == np.bool_
-  if boolean:
-    x = b.op('Cast', [x], to=onnx.TensorProto.INT32)
-  y = b.op(op, [x, b.ints(eqn.params['axes'])], keepdims=0)
-  return [b.op('Cast', [y], to=onnx.TensorProto.BOOL) if boolean else y]
-
-
-def _argminmax(b: Builder, eqn, ins):
-  axis, = eqn.params['axes']
-  op = 'ArgMax' if eqn.primitive.name == 'argmax' else 'ArgMin'
-  index = b.op(op, ins, axis=int(axis), keepdims=0, select_last_index=0)
-  return [b.op('Cast', [index], to=onnx_dtype(eqn.params['index_dtype']))]
-
-
-def _cumulative(b: Builder, eqn, ins):
-  return [b.op('CumSum', [ins[0], b.ints([eqn.params['axis']])],
-               reverse=int(bool(eqn.params['reverse'])))]
-
-
 Rule = Callable[[Builder, Any, list], list]
 
 
@@ -376,14 +333,12 @@ def rules() -> dict[str, Rule]:
                'expm1', 'exp2', 'is_finite', 'clamp', 'round'):
     table[name] = _elementwise
   table.update({name: _logical for name in _LOGICAL})
-  table.update({name: _reduce for name in _REDUCE})
   table.update({
       'convert_element_type': _convert_element_type, 'select_n': _select_n,
       'broadcast_in_dim': _broadcast_in_dim, 'reshape': _reshape, 'squeeze': _squeeze,
       'transpose': _transpose, 'slice': _slice, 'rev': _rev, 'concatenate': _concatenate,
-      'stack': _stack, 'split': _split, 'pad': _pad, 'iota': _iota,
-      'optimization_barrier': _identity_all, 'argmax': _argminmax, 'argmin': _argminmax,
-      'cumsum': _cumulative, 'dim_as_value': _dim_as_value})
+      'stack': _stack, 'split': _split, 'iota': _iota,
+      'optimization_barrier': _identity_all, 'dim_as_value': _dim_as_value})
   table.update(onnx_ops.RULES)
   return table
 
@@ -475,11 +430,17 @@ def convert(closed: jex_core.ClosedJaxpr, input_names: Sequence[str],
 
 
 def serialize(model: onnx.ModelProto, file_name: str) -> dict[str, bytes]:
-  """The files of a model: {file_name: model} or, when its initializers exceed
-  `INLINE_BYTES`, {file_name + '.data': their bytes, file_name: the model
-  referring to them} (ONNX external data, located relative to the model).
+  """The files of a model, with its weights in a data file when they are large.
 
-  The tensors of `model` are moved out in the second case (it is modified).
+  Args:
+    model: from `convert`; when its initializers exceed `INLINE_BYTES`, the
+      tensors of 1 KiB or more are moved out of it (it is modified).
+    file_name: the model's file name (e.g. 'model.onnx').
+
+  Returns:
+    {file_name: the serialized model}, or {file_name + '.data': the moved
+    tensors' bytes, file_name: the model referring to them} (ONNX external
+    data, located relative to the model), the data file first.
   """
   if sum(len(t.raw_data) for t in model.graph.initializer) <= INLINE_BYTES:
     return {file_name: model.SerializeToString()}

@@ -17,6 +17,7 @@
   bounds in mode FILL_OR_DROP); the dimensions that are not indexed must be
   taken whole (all the forms jnp's indexing and `take_along_axis` produce).
 - `dot_general`: `MatMul` for a dense layer, else `Einsum`.
+- `pad` (negative padding crops), reductions, arg-min/max, cumulative sums.
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ def _conv_transposed(b: oc.Builder, eqn, x: str, w: str, pads) -> str:
   return y
 
 
-def _crop_negative(b: oc.Builder, x: str, pads) -> tuple[str, list]:
-  """Negative lax padding crops the input ([N, C, ...]); returns the rest."""
-  crop = [(2 + i, lo, hi) for i, (lo, hi) in enumerate(pads) if lo < 0 or hi < 0]
+def _crop_negative(b: oc.Builder, x: str, pads, first_axis: int) -> tuple[str, list]:
+  """Negative lax padding (lo, hi) of axes first_axis... crops x; returns the rest."""
+  crop = [(first_axis + i, lo, hi) for i, (lo, hi) in enumerate(pads) if lo < 0 or hi < 0]
   if crop:
     x = b.op('Slice', [x, b.ints([max(0, -lo) for _, lo, _ in crop]),
                        b.ints([hi if hi < 0 else _INT64_MAX for _, _, hi in crop]),
@@ -77,7 +78,7 @@ def _conv(b: oc.Builder, eqn, ins):
   if any(d != 1 for d in p['lhs_dilation']):
     y = _conv_transposed(b, eqn, x, w, pads)
   else:
-    x, pads = _crop_negative(b, x, pads)
+    x, pads = _crop_negative(b, x, pads, first_axis=2)
     y = b.op('Conv', [x, w], strides=[int(s) for s in p['window_strides']],
              dilations=[int(d) for d in p['rhs_dilation']],
              pads=[lo for lo, _ in pads] + [hi for _, hi in pads],
@@ -213,6 +214,43 @@ def _dot_general(b: oc.Builder, eqn, ins):
   return [b.op('Einsum', ins, equation=f'{"".join(lhs)},{"".join(rhs)}->{"".join(out)}')]
 
 
+def _pad(b: oc.Builder, eqn, ins):
+  config = eqn.params['padding_config']
+  if any(not oc.is_int(i, 0) for _, _, i in config):
+    raise oc.unsupported(eqn, 'interior padding')
+  x, pads = _crop_negative(b, ins[0], [(lo, hi) for lo, hi, _ in config], first_axis=0)
+  if any(lo or hi for lo, hi in pads):
+    x = b.op('Pad', [x, b.ints([lo for lo, _ in pads] + [hi for _, hi in pads]), ins[1]],
+             mode='constant')
+  return [x]
+
+
+_REDUCE = {'reduce_sum': 'ReduceSum', 'reduce_max': 'ReduceMax', 'reduce_min': 'ReduceMin',
+           'reduce_prod': 'ReduceProd', 'reduce_and': 'ReduceMin', 'reduce_or': 'ReduceMax'}
+
+
+def _reduce(b: oc.Builder, eqn, ins):
+  x = ins[0]
+  boolean = np.dtype(eqn.invars[0].aval.dtype) == np.bool_
+  if boolean:
+    x = b.op('Cast', [x], to=TensorProto.INT32)
+  y = b.op(_REDUCE[eqn.primitive.name], [x, b.ints(eqn.params['axes'])], keepdims=0)
+  return [b.op('Cast', [y], to=TensorProto.BOOL) if boolean else y]
+
+
+def _argminmax(b: oc.Builder, eqn, ins):
+  axis, = eqn.params['axes']
+  op = 'ArgMax' if eqn.primitive.name == 'argmax' else 'ArgMin'
+  index = b.op(op, ins, axis=int(axis), keepdims=0, select_last_index=0)  # ties: the first
+  return [b.op('Cast', [index], to=oc.onnx_dtype(eqn.params['index_dtype']))]
+
+
+def _cumsum(b: oc.Builder, eqn, ins):
+  return [b.op('CumSum', [ins[0], b.ints([eqn.params['axis']])],
+               reverse=int(bool(eqn.params['reverse'])))]
+
+
 RULES = {'conv_general_dilated': _conv, 'reduce_window_max': _reduce_window,
          'reduce_window_sum': _reduce_window, 'gather': _gather,
-         'dot_general': _dot_general}
+         'dot_general': _dot_general, 'pad': _pad, 'argmax': _argminmax,
+         'argmin': _argminmax, 'cumsum': _cumsum, **{name: _reduce for name in _REDUCE}}
