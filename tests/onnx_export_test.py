@@ -110,6 +110,13 @@ _CASES = [
     (lambda x: (jax.nn.softmax(x, axis=-1), jax.nn.relu(x), jnp.round(x),
                 (x > 0).astype(jnp.int32) ^ 1, jnp.arange(7.0) * x[:, 0, :, 0]),
      'softmax, relu, round, int xor, iota'),
+    (lambda x: lax.fori_loop(0, 5, lambda i, c: (c[0] * 0.9 + jnp.tanh(c[1]) * i, c[1] - 0.1),
+                             (x, x[:, :1]))[0],
+     'fori_loop (refinement steps): unrolled'),
+    (lambda x: (lax.map(lambda r: jnp.sum(r, axis=-1) * 2.0 + r[:, 0, :1], jnp.moveaxis(x, 1, 0)),
+                lax.scan(lambda c, r: (c + r, c * r), x[:, 0], jnp.moveaxis(x, 1, 0),
+                         reverse=True)),
+     'lax.map and scan over arrays, reversed: unrolled'),
 ]
 
 

@@ -147,7 +147,7 @@ _UNARY = {'neg': 'Neg', 'abs': 'Abs', 'exp': 'Exp', 'log': 'Log', 'sqrt': 'Sqrt'
           'logistic': 'Sigmoid', 'tanh': 'Tanh', 'sign': 'Sign', 'floor': 'Floor',
           'ceil': 'Ceil', 'sin': 'Sin', 'cos': 'Cos', 'erf': 'Erf', 'copy': 'Identity',
           'copy_p': 'Identity', 'stop_gradient': 'Identity'}
-_BINARY = {'add': 'Add', 'sub': 'Sub', 'mul': 'Mul', 'div': 'Div', 'max': 'Max',
+_BINARY = {'add': 'Add', 'add_any': 'Add', 'sub': 'Sub', 'mul': 'Mul', 'div': 'Div', 'max': 'Max',
            'min': 'Min', 'pow': 'Pow', 'eq': 'Equal', 'lt': 'Less', 'le': 'LessOrEqual',
            'gt': 'Greater', 'ge': 'GreaterOrEqual'}
 _LOGICAL = {'and': ('And', 'BitwiseAnd'), 'or': ('Or', 'BitwiseOr'),
@@ -338,7 +338,9 @@ def rules() -> dict[str, Rule]:
       'broadcast_in_dim': _broadcast_in_dim, 'reshape': _reshape, 'squeeze': _squeeze,
       'transpose': _transpose, 'slice': _slice, 'rev': _rev, 'concatenate': _concatenate,
       'stack': _stack, 'split': _split, 'iota': _iota,
-      'optimization_barrier': _identity_all, 'dim_as_value': _dim_as_value})
+      'optimization_barrier': _identity_all, 'dim_as_value': _dim_as_value,
+      # Sharding annotations: the values pass unchanged.
+      'reshard': _identity_all, 'sharding_constraint': _identity_all})
   table.update(onnx_ops.RULES)
   return table
 
@@ -346,7 +348,7 @@ def rules() -> dict[str, Rule]:
 # Primitives whose body is another jaxpr, inlined.
 _CALLS = ('jit', 'pjit', 'closed_call', 'core_call', 'custom_jvp_call', 'custom_vjp_call',
           'remat', 'checkpoint')
-PRIMITIVES = tuple(sorted(set(rules()) | set(_CALLS)))
+PRIMITIVES = tuple(sorted(set(rules()) | set(_CALLS) | {'scan'}))
 
 
 def _body(eqn):
@@ -357,6 +359,26 @@ def _body(eqn):
     if isinstance(body, jex_core.Jaxpr):
       return body, ()
   raise unsupported(eqn, 'call without a jaxpr body')
+
+
+def _unrolled_scan(b: Builder, table: dict[str, Rule], eqn, ins: list[str]) -> list[str]:
+  """A `lax.scan` (`fori_loop` with static bounds, `lax.map`), unrolled `length` times.
+
+  Iteration i reads slice i of each scanned input (xs) along axis 0 and the
+  stacked outputs (ys) gather each iteration's slice along a new axis 0.
+  """
+  nc, nk, length = eqn.params['num_consts'], eqn.params['num_carry'], int(eqn.params['length'])
+  body = eqn.params['jaxpr']
+  consts, carry, xs = ins[:nc], ins[nc:nc + nk], ins[nc + nk:]
+  order = range(length - 1, -1, -1) if eqn.params.get('reverse') else range(length)
+  ys = {}
+  for i in order:
+    x_i = [b.op('Gather', [x, b.const(np.asarray(i, np.int64))], axis=0) for x in xs]
+    outs = _emit(b, table, body.jaxpr, body.consts, consts + carry + x_i)
+    carry, ys[i] = outs[:nk], outs[nk:]
+  stacked = [b.op('Concat', [b.op('Unsqueeze', [ys[i][k], b.ints([0])]) for i in range(length)],
+                  axis=0) for k in range(len(eqn.outvars) - nk)]
+  return carry + stacked
 
 
 def _emit(b: Builder, table: dict[str, Rule], jaxpr, consts, args: list[str]) -> list[str]:
@@ -377,6 +399,8 @@ def _emit(b: Builder, table: dict[str, Rule], jaxpr, consts, args: list[str]) ->
     if name in _CALLS:
       body, body_consts = _body(eqn)
       outs = _emit(b, table, body, body_consts, ins)
+    elif name == 'scan':
+      outs = _unrolled_scan(b, table, eqn, ins)
     elif name in table:
       outs = table[name](b, eqn, ins)
     else:
