@@ -120,8 +120,13 @@ def check_inputs(joints_2d, depth, stick_width, size, visible):
   return lead
 
 
-def _bone_params(joints_2d, depth, stick_width, visible):
-  """Per-bone constants, each [N, 15] float32 (or bool for `valid`)."""
+def bone_endpoints(joints_2d, depth, visible):
+  """Each bone's end points and depths, [N, 15, 2] and [N, 15], and `valid` [N, 15].
+
+  A bone is valid when both joints are visible and finite; invalid bones get
+  zeros, so that no NaN/inf reaches the per-pixel arithmetic (nor, in the soft
+  rasterizer, its gradient: `where` on the inputs, not on the outputs).
+  """
   a = joints_2d[:, _BONES[:, 0]]
   b = joints_2d[:, _BONES[:, 1]]
   depth_a = depth[:, _BONES[:, 0]]
@@ -129,11 +134,14 @@ def _bone_params(joints_2d, depth, stick_width, visible):
   valid = (visible[:, _BONES[:, 0]] & visible[:, _BONES[:, 1]]
            & jnp.all(jnp.isfinite(a) & jnp.isfinite(b), axis=-1)
            & jnp.isfinite(depth_a) & jnp.isfinite(depth_b))
-  # Sanitise so that no NaN/inf reaches the per-pixel arithmetic.
   a = jnp.where(valid[..., None], a, 0.0)
   b = jnp.where(valid[..., None], b, 0.0)
-  depth_a = jnp.where(valid, depth_a, 0.0)
-  depth_b = jnp.where(valid, depth_b, 0.0)
+  return a, b, jnp.where(valid, depth_a, 0.0), jnp.where(valid, depth_b, 0.0), valid
+
+
+def _bone_params(joints_2d, depth, stick_width, visible):
+  """Per-bone constants, each [N, 15] float32 (or bool for `valid`)."""
+  a, b, depth_a, depth_b, valid = bone_endpoints(joints_2d, depth, visible)
   delta = b - a
   length = jnp.sqrt(jnp.sum(delta * delta, axis=-1))
   # A zero-length bone is a disc around `a`: any unit axis, length 0.

@@ -41,7 +41,6 @@ import numpy as np
 from deepskeleton_jax.geometry import rasterize
 from deepskeleton_jax.geometry import skeleton
 
-_BONES = np.asarray(skeleton.BONES, dtype=np.int32)
 _NUM_BONES = skeleton.NUM_BONES
 # Equal depths: the lower bone index is in front (fg) / behind (bg) by this
 # much, in depth units (1 um for poses in mm).
@@ -53,17 +52,7 @@ _TINY = 1e-30
 
 def _coverage_and_depth(joints_2d, depth, half_width, visible, size, temperature):
   """Soft coverage and depth of every bone at every pixel, each [N, 15, S, S]."""
-  a, b = joints_2d[:, _BONES[:, 0]], joints_2d[:, _BONES[:, 1]]
-  depth_a, depth_b = depth[:, _BONES[:, 0]], depth[:, _BONES[:, 1]]
-  valid = (visible[:, _BONES[:, 0]] & visible[:, _BONES[:, 1]]
-           & jnp.all(jnp.isfinite(a) & jnp.isfinite(b), axis=-1)
-           & jnp.isfinite(depth_a) & jnp.isfinite(depth_b))
-  # Sanitise so that no NaN/inf reaches the per-pixel arithmetic (nor its
-  # gradient: `where` on the inputs, not on the outputs).
-  a = jnp.where(valid[..., None], a, 0.0)
-  b = jnp.where(valid[..., None], b, 0.0)
-  depth_a = jnp.where(valid, depth_a, 0.0)
-  depth_b = jnp.where(valid, depth_b, 0.0)
+  a, b, depth_a, depth_b, valid = rasterize.bone_endpoints(joints_2d, depth, visible)
   per_pixel = lambda x: x[..., None, None]
   delta = b - a
   length2 = jnp.sum(delta * delta, axis=-1)
