@@ -178,13 +178,6 @@ def table(result: dict[str, Any]) -> str:
   return '\n'.join(f'{k:<{width}}  {v}' for k, v in rows)
 
 
-_FRAMES = flags.DEFINE_integer('frames', 300, 'frames per fake video')
-_WORKERS = flags.DEFINE_integer('workers', 2, 'Beam DirectRunner workers')
-_RELEASE = flags.DEFINE_string('release_dir', '/tmp/h36m_bench_release',
-                               'where the fake release is written (reused)')
-_OUT = flags.DEFINE_string('out', 'build_benchmark.json', 'JSON output')
-
-
 def main(argv):
   del argv
   result = run(pathlib.Path(_RELEASE.value), _FRAMES.value, _WORKERS.value)
@@ -194,4 +187,10 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Flags only when run as a script (see rasterize_benchmark.py).
+  _FRAMES = flags.DEFINE_integer('frames', 300, 'frames per fake video')
+  _WORKERS = flags.DEFINE_integer('workers', 2, 'Beam DirectRunner workers')
+  _RELEASE = flags.DEFINE_string('release_dir', '/tmp/h36m_bench_release',
+                                 'where the fake release is written (reused)')
+  _OUT = flags.DEFINE_string('out', 'build_benchmark.json', 'JSON output')
   app.run(main)

@@ -45,8 +45,8 @@ from absl import flags
 import jax
 import ml_collections
 
-from benchmarks import input_benchmark
-from benchmarks import rasterize_benchmark
+from deepskeleton_jax.benchmarks import input_benchmark
+from deepskeleton_jax.benchmarks import rasterize_benchmark
 from deepskeleton_jax import files
 from deepskeleton_jax.configs import h36m_regressor
 from deepskeleton_jax.configs import h36m_skeleton_net

@@ -149,13 +149,6 @@ def run(batch: int = 1024, size: int = 56,
   }
 
 
-_BATCH = flags.DEFINE_integer('batch', 1024, 'Poses per call.')
-_SIZE = flags.DEFINE_integer('size', 56, 'Map side in pixels.')
-_WIDTH = flags.DEFINE_float('stick_width_224', 10.0,
-                            'Stick width in 224-px input pixels.')
-_REPEATS = flags.DEFINE_integer('repeats', 10, 'Timed calls per side.')
-
-
 def main(argv):
   del argv
   result = run(_BATCH.value, _SIZE.value,
@@ -174,4 +167,11 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Flags only when run as a script: importing this module (run.py's benchmark
+  # mode, the tests) must not define flags that clash with the importer's.
+  _BATCH = flags.DEFINE_integer('batch', 1024, 'Poses per call.')
+  _SIZE = flags.DEFINE_integer('size', 56, 'Map side in pixels.')
+  _WIDTH = flags.DEFINE_float('stick_width_224', 10.0,
+                              'Stick width in 224-px input pixels.')
+  _REPEATS = flags.DEFINE_integer('repeats', 10, 'Timed calls per side.')
   app.run(main)

@@ -13,7 +13,7 @@ import time
 import jax
 import pytest
 
-from benchmarks import device_check
+from deepskeleton_jax.benchmarks import device_check
 
 VARIANTS = set(itertools.product(device_check.STAGES, device_check.DTYPES,
                                  device_check.HYP_MAPS))

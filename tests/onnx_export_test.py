@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import onnx_benchmark
+from deepskeleton_jax.benchmarks import onnx_benchmark
 from configs import tiny
 from deepskeleton_jax import errors
 from deepskeleton_jax.experiment import config_lib

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from deepskeleton_jax.geometry import rasterize
-from benchmarks import rasterize_benchmark
+from deepskeleton_jax.benchmarks import rasterize_benchmark
 from deepskeleton_jax.geometry import skeleton
 
 COLORS = np.concatenate([skeleton.BONE_COLORS, np.zeros((1, 3), np.float32)])
