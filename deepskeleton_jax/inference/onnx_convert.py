@@ -296,6 +296,12 @@ def _split(b: Builder, eqn, ins):
   return outs if len(sizes) > 1 else [outs]
 
 
+def _unstack(b: Builder, eqn, ins):
+  axis = int(eqn.params['axis'])
+  return [b.op('Squeeze', [b.op('Gather', [ins[0], b.ints([i])], axis=axis), b.ints([axis])])
+          for i in range(len(eqn.outvars))]
+
+
 def _iota(b: Builder, eqn, ins):
   del ins
   p = eqn.params
@@ -337,7 +343,7 @@ def rules() -> dict[str, Rule]:
       'convert_element_type': _convert_element_type, 'select_n': _select_n,
       'broadcast_in_dim': _broadcast_in_dim, 'reshape': _reshape, 'squeeze': _squeeze,
       'transpose': _transpose, 'slice': _slice, 'rev': _rev, 'concatenate': _concatenate,
-      'stack': _stack, 'split': _split, 'iota': _iota,
+      'stack': _stack, 'unstack': _unstack, 'split': _split, 'iota': _iota,
       'optimization_barrier': _identity_all, 'dim_as_value': _dim_as_value,
       # Sharding annotations: the values pass unchanged.
       'reshard': _identity_all, 'sharding_constraint': _identity_all})

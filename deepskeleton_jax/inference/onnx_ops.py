@@ -16,6 +16,11 @@
   so that the slice fits as lax does (`fill_value` where a start was out of
   bounds in mode FILL_OR_DROP); the dimensions that are not indexed must be
   taken whole (all the forms jnp's indexing and `take_along_axis` produce).
+- `scatter-add` (the gradient of such a gather, as render-and-compare's
+  refinement traces): ONNX `ScatterND` with `reduction='add'` (repeated
+  indices accumulate), when every indexed dimension is inserted (one element
+  per index) and the others are updated whole; an out-of-bounds index adds
+  nothing (its update is zeroed and the index clamped), as lax drops it.
 - `dot_general`: `MatMul` for a dense layer, else `Einsum`.
 - `pad` (negative padding crops), reductions, arg-min/max, cumulative sums.
 """
@@ -23,6 +28,7 @@
 from __future__ import annotations
 
 import string
+from typing import Any
 
 import numpy as np
 from onnx import TensorProto
@@ -128,34 +134,40 @@ def _fill_value(eqn):
   return np.asarray(info.min if np.issubdtype(dtype, np.signedinteger) else info.max, dtype)
 
 
-def _gather_index(b: oc.Builder, eqn, index: str):
-  """Clamped start indices expanded over the slice windows, and the in-bounds mask.
+def _window_index(b: oc.Builder, eqn, index: str, dims: list[int], sizes: list[Any],
+                  windowed: list[int]):
+  """Start indices clamped so each window fits, expanded over the windows.
+
+  Args:
+    b: the builder.
+    eqn: the gather or scatter (for errors).
+    index: the start indices [index dims..., len(dims)].
+    dims: the operand dimension each index column indexes.
+    sizes: the window size along each of `dims` (1 where collapsed).
+    windowed: positions j in `dims` whose window is kept as an axis.
 
   Returns:
-    (int64 [index dims..., window sizes..., m] element indices of every
-    gathered element along the indexed dimensions, bool [index dims...]
-    whether the start was in bounds).
+    (int64 [index dims..., window sizes..., len(dims)] element indices of
+    every element along `dims`, bool [index dims...] whether the start was
+    in bounds).
   """
-  dn, sizes = eqn.params['dimension_numbers'], eqn.params['slice_sizes']
   shape = eqn.invars[0].aval.shape
-  sim = list(dn.start_index_map)
-  if not all(oc.is_int(shape[d]) and oc.is_int(sizes[d]) for d in sim):
-    raise oc.unsupported(eqn, 'gather along a symbolic dimension')
+  if not all(oc.is_int(shape[d]) and oc.is_int(s) for d, s in zip(dims, sizes)):
+    raise oc.unsupported(eqn, 'an index along a symbolic dimension')
   index = b.op('Cast', [index], to=TensorProto.INT64)
-  clamped = b.op('Max', [b.op('Min', [index, b.ints([shape[d] - sizes[d] for d in sim])]),
+  clamped = b.op('Max', [b.op('Min', [index, b.ints([shape[d] - s for d, s in zip(dims, sizes)])]),
                          b.ints([0])])
   inside = b.op('ReduceMin', [b.op('Cast', [b.op('Equal', [index, clamped])],
                                    to=TensorProto.INT32), b.ints([-1])], keepdims=0)
-  windows = [j for j, d in enumerate(sim) if d not in dn.collapsed_slice_dims]
-  if windows:  # start + 0..size-1 along each windowed dimension, on new axes
+  if windowed:  # start + 0..size-1 along each windowed dimension, on new axes
     rank = len(eqn.invars[1].aval.shape)
-    offsets = np.zeros([int(sizes[sim[j]]) for j in windows] + [len(sim)], np.int64)
-    for axis, j in enumerate(windows):
-      view = [1] * len(windows)
+    offsets = np.zeros([int(sizes[j]) for j in windowed] + [len(dims)], np.int64)
+    for axis, j in enumerate(windowed):
+      view = [1] * len(windowed)
       view[axis] = offsets.shape[axis]
       offsets[..., j] += np.arange(offsets.shape[axis]).reshape(view)
     clamped = b.op('Add', [b.op('Unsqueeze', [clamped, b.ints(range(rank - 1, rank - 1 + len(
-        windows)))]), b.const(offsets)])
+        windowed)))]), b.const(offsets)])
   return clamped, b.op('Cast', [inside], to=TensorProto.BOOL)
 
 
@@ -175,8 +187,9 @@ def _gather(b: oc.Builder, eqn, ins):
   if not oc.is_int(index_shape[-1], len(sim)) or not all(
       oc.same_dim(p['slice_sizes'][d], shape[d]) for d in rest):
     raise oc.unsupported(eqn, f'gather form {dn} with slice sizes {p["slice_sizes"]}')
-  index, inside = _gather_index(b, eqn, ins[1])
   windows = [d for d in sim if d not in dn.collapsed_slice_dims]
+  index, inside = _window_index(b, eqn, ins[1], sim, [p['slice_sizes'][d] for d in sim],
+                                [j for j, d in enumerate(sim) if d in windows])
   nidx = len(index_shape) - 1
   others = [i for i in range(nidx) if i not in ib]
   index = b.transpose(index, ib + others + list(range(nidx, nidx + len(windows) + 1)))
@@ -193,6 +206,40 @@ def _gather(b: oc.Builder, eqn, ins):
   target = [('i', batch_at.index(q)) if q in batch_at
             else ('o', offset_operand[offset_dims.index(q)]) for q in range(out_rank)]
   return [b.transpose(y, [labels.index(t) for t in target])]
+
+
+def _scatter_add(b: oc.Builder, eqn, ins):
+  """lax scatter-add whose unindexed dimensions are updated whole, as ScatterND.
+
+  The operand is transposed to [indexed dims, the rest], the start indices
+  expanded over the indexed dimensions' windows (as a gather's), the updates
+  transposed to [index dims, those windows, the rest];
+  ScatterND(reduction='add') then adds every element at its index.
+  """
+  dn = eqn.params['dimension_numbers']
+  shape, index_shape = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
+  update_shape = eqn.invars[2].aval.shape
+  sdod = list(dn.scatter_dims_to_operand_dims)
+  rest = [d for d in range(len(shape)) if d not in sdod]
+  windowed = dict(zip([d for d in range(len(shape)) if d not in dn.inserted_window_dims],
+                      dn.update_window_dims))  # operand dim -> its update window dim
+  if (dn.operand_batching_dims or not set(dn.inserted_window_dims) <= set(sdod)
+      or not oc.is_int(index_shape[-1], len(sdod))
+      or not all(d in windowed and oc.same_dim(update_shape[windowed[d]], shape[d])
+                 for d in rest)):
+    raise oc.unsupported(eqn, f'scatter-add form {dn}')
+  sizes = [update_shape[windowed[d]] if d in windowed else 1 for d in sdod]
+  index, inside = _window_index(b, eqn, ins[1], sdod, sizes,
+                                [j for j, d in enumerate(sdod) if d in windowed])
+  scattered = [i for i in range(len(update_shape)) if i not in dn.update_window_dims]
+  windows = [windowed[d] for d in sdod if d in windowed]
+  updates = b.transpose(ins[2], scattered + windows + [windowed[d] for d in rest])
+  mask = b.reshape(inside, list(index_shape[:-1]) + [1] * (len(windows) + len(rest)))
+  if eqn.params['mode'].name == 'FILL_OR_DROP':  # lax skips a window that does not fit
+    updates = b.op('Where', [mask, updates, b.const(np.zeros((), eqn.invars[2].aval.dtype))])
+  order = sdod + rest
+  y = b.op('ScatterND', [b.transpose(ins[0], order), index, updates], reduction='add')
+  return [b.transpose(y, [order.index(d) for d in range(len(shape))])]
 
 
 def _dot_general(b: oc.Builder, eqn, ins):
@@ -251,6 +298,6 @@ def _cumsum(b: oc.Builder, eqn, ins):
 
 
 RULES = {'conv_general_dilated': _conv, 'reduce_window_max': _reduce_window,
-         'reduce_window_sum': _reduce_window, 'gather': _gather,
+         'reduce_window_sum': _reduce_window, 'gather': _gather, 'scatter-add': _scatter_add,
          'dot_general': _dot_general, 'pad': _pad, 'argmax': _argminmax,
          'argmin': _argminmax, 'cumsum': _cumsum, **{name: _reduce for name in _REDUCE}}
