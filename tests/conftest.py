@@ -10,8 +10,9 @@ tests, which skip without one.
 
 The fast tier, `python -m pytest -q -m "not slow"`, leaves out the tests
 marked `slow` here (and in their own files: wheel_test, device_check_test):
-every test of the trained tiny pipeline, the multi-process and Beam modules,
-subprocess runs of the trainer, full-size traces, and unit tests that compile
+every test of the trained tiny pipeline, the opt-in accuracy tests on a
+trained demo workdir (about 40 s each where one exists), the multi-process and
+Beam modules, subprocess runs of the trainer, full-size traces, and unit tests that compile
 or train for more than a few seconds (measured with `--durations`), while
 each module keeps its quick unit tests.
 """
@@ -51,9 +52,12 @@ SLOW_MODULES = ('beam_build_test', 'multihost_test')
 # Tests (every parametrization) out of the fast tier, by module.
 SLOW_TESTS = {
     'benchmark_test': ('test_mfu_does_not_change_with_the_number_of_devices',),
-    'fault_tolerance_test': ('test_sigterm_saves_exits_0_and_rerun_continues',
-                             'test_sigkill_anywhere_then_rerun_matches_uninterrupted',
-                             'test_nonfinite_update_is_skipped_and_recorded'),
+    'fault_tolerance_test': (
+        'test_sigterm_saves_exits_0_and_rerun_continues',
+        'test_sigkill_anywhere_then_rerun_matches_uninterrupted',
+        'test_sigkill_in_save_then_truncated_newest_step_resumes_from_the_one_before',
+        'test_config_contradicting_checkpoints_is_refused_and_eval_skips_a_damaged_step',
+        'test_nonfinite_update_is_skipped_and_recorded'),
     'hourglass_test': ('test_tiny_forward_backward', 'test_loss_decreases',
                        'test_bfloat16_compute_returns_float32'),
     'hypotheses_test': ('test_apply_stacked_train_mode_and_gradients_equal_separate_applies',),
@@ -72,7 +76,8 @@ SLOW_TESTS = {
 def is_slow(item) -> bool:
   """Whether the fast tier leaves `item` out (see the module docstring)."""
   module = item.module.__name__.rpartition('.')[2]
-  return ('tiny_pipeline' in getattr(item, 'fixturenames', ()) or module in SLOW_MODULES
+  fixtures = getattr(item, 'fixturenames', ())
+  return ('tiny_pipeline' in fixtures or 'demo_workdir' in fixtures or module in SLOW_MODULES
           or item.originalname in SLOW_TESTS.get(module, ()))
 
 
