@@ -10,7 +10,8 @@ uint8 array [b, C, S, S, 3] of RGB person crops, one per crop scale of
 `model.json`'s `preprocessing` (`crop` in examples/serve_exported.py makes
 them from an image and a person box with numpy alone). OUT.npz gets every
 output under its `model.json` name. The graph holds the whole pipeline,
-matching included (`pose` is `hyps[chosen]`). This file imports neither jax,
+matching and refinement included (`pose` is `hyps[chosen]`, refined when
+`model.json`'s `matching` says so). This file imports neither jax,
 flax nor deepskeleton_jax: copy it next to the model and serve from there.
 """
 

@@ -187,7 +187,7 @@ def random_tiny_stages():
   return onnx_benchmark.random_stages(_tiny_config('jax'), seed=1)
 
 
-# Refinement with both variables and the maps term: Adam steps through the soft
+# Refinement on bone directions with the maps term: Adam steps through the soft
 # rasterizer, unrolled, whose gradients hold scatter-adds.
 _REFINE = {'steps': 3, 'variables': 'bones', 'maps_weight': 1.0}
 
@@ -306,13 +306,18 @@ def test_a_pipeline_part_that_cannot_convert_is_one_line(tmp_path, monkeypatch):
 
 @needs_onnx
 def test_export_mode_writes_model_onnx_from_the_workdir(tiny_pipeline, tmp_path):
-  """`--mode=export --config.export.format=onnx` on trained checkpoints."""
+  """`run.py --mode=export --config.export.format=onnx` on trained checkpoints."""
   import onnxruntime  # pylint: disable=g-import-not-at-top
-  config = tiny_pipeline.config()
-  with config.unlocked():
-    config.export.update(format='onnx', output_dir=str(tmp_path))
-  paths = export.export(config, tiny_pipeline.workdir)
-  assert sorted(p.name for p in tmp_path.iterdir()) == ['model.json', 'model.onnx']
+  out = tmp_path / 'export'
+  run = subprocess.run(
+      [sys.executable, str(REPO / 'run.py'), '--mode=export',
+       '--config=' + str(REPO / 'configs' / 'tiny.py'), f'--workdir={tiny_pipeline.workdir}',
+       f'--config.data.data_dir={tiny_pipeline.data_dir}', '--config.export.format=onnx',
+       f'--config.export.output_dir={out}'],
+      capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+  assert run.returncode == 0, run.stderr[-3000:]
+  paths = {'spec': out / 'model.json', 'model': str(out / 'model.onnx')}
+  assert sorted(p.name for p in out.iterdir()) == ['model.json', 'model.onnx']
   spec = json.loads(pathlib.Path(paths['spec']).read_text())
   assert spec['file'] == 'model.onnx' and set(spec['stages']) == {
       'skeleton_net', 'regressor', 'hourglass'}

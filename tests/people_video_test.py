@@ -11,11 +11,15 @@ demo (`demo_workdir`, opt-in like predict_video_test's tracking test).
 """
 
 import json
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from configs import demo
+from deepskeleton_jax.data import registry
 from deepskeleton_jax.experiment import config_lib
 from deepskeleton_jax.geometry import coco17
 from deepskeleton_jax.geometry import skeleton
@@ -24,6 +28,7 @@ from deepskeleton_jax.inference import tracking
 
 J = skeleton.JOINT_INDEX
 T = 16
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope='module')
@@ -135,6 +140,38 @@ def test_two_person_joints_file_keeps_track_ids(tiny_pipeline, pair, pair_file, 
   for person_id, k in ((7, 0), (3, 1)):
     np.testing.assert_allclose(result['people'][person_id].joints_2d, pair.joints_2d[k],
                                atol=1e-4)
+
+
+def test_run_py_with_a_coco_keypoints_file_writes_each_tracked_person(
+    tiny_pipeline, pair, pair_file, synthetic_video, tmp_path):
+  """The join as a user meets it: run.py's flags, a COCO-17 file with track ids, BVH out."""
+  entries = _coco_entries(pair, synthetic_video)
+  for entry in entries:  # _coco_entries lists person 0 then 1, or 1 then 0, per frame
+    k = 0 if np.mean(entry['keypoints'][0::3]) < 192 else 1
+    entry['track_id'] = (7, 3)[k]
+  (tmp_path / 'kp.json').write_text(json.dumps(entries))
+  out = tmp_path / 'out'
+  run = subprocess.run(
+      [sys.executable, str(REPO / 'run.py'), '--mode=predict',
+       '--config=' + str(REPO / 'configs' / 'tiny.py'), f'--workdir={tiny_pipeline.workdir}',
+       f'--config.data.data_dir={tiny_pipeline.data_dir}', f'--config.predict.video={pair_file}',
+       f'--config.predict.keypoints_file={tmp_path / "kp.json"}', '--config.predict.bvh=True',
+       '--config.predict.smoothing=none', f'--config.predict.output_dir={out}'],
+      capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+  assert run.returncode == 0, run.stderr[-3000:]
+  frames = json.loads((out / 'pair.json').read_text())['frames']
+  assert len(frames) == T
+  for t, frame in enumerate(frames):
+    people = {p['id']: p for p in frame['people']}
+    assert sorted(people) == [3, 7], t
+    for person_id, k in ((7, 0), (3, 1)):  # the file's 2D, back in our pixel convention
+      got = np.asarray(people[person_id]['joints_2d'], np.float64)
+      for ours in coco17.DIRECT:
+        np.testing.assert_allclose(got[ours], pair.joints_2d[k, t, ours], atol=1e-2)
+  bvh_lib = registry.load_module('bvh_mocap', 'bvh')
+  for person_id in (7, 3):
+    motion = bvh_lib.load(out / f'pair_{person_id}.bvh')
+    assert bvh_lib.forward_kinematics(motion).shape[0] == T
 
 
 def test_max_people_two_without_a_file(tiny_pipeline, pair_file, tmp_path):
